@@ -1,0 +1,13 @@
+"""scfound: foundation models for single-cell and spatial omics on scvi-tools, with a scanpy-style API."""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import datasets, metrics, pl, pp, tl
+from .models import SpaFormer
+
+try:
+    __version__ = version("scfound")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = ["SpaFormer", "datasets", "metrics", "pl", "pp", "tl"]

@@ -1,0 +1,134 @@
+"""Input checks and bookkeeping shared by every ``pp``/``tl`` function and model.
+
+One definition of each check, so that every public function raises the same clear error for the
+same bad input (missing keys, non-finite values, negative counts, bad coordinates).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+
+UNS_KEY = "scfound"
+
+
+def get_matrix(adata: AnnData, layer: str | None = None) -> np.ndarray | sp.spmatrix:
+    """Return ``adata.layers[layer]`` (or ``adata.X`` when ``layer`` is None) with a clear error.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix.
+    layer
+        Layer name, or ``None`` for ``.X``.
+
+    Returns
+    -------
+    The matrix itself (not a copy).
+    """
+    if layer is None:
+        if adata.X is None:
+            raise ValueError("adata.X is empty; pass `layer=` naming a layer with the counts.")
+        return adata.X
+    if layer not in adata.layers:
+        raise KeyError(
+            f"layer {layer!r} not found in adata.layers (available: {list(adata.layers.keys())})."
+        )
+    return adata.layers[layer]
+
+
+def to_dense(X: np.ndarray | sp.spmatrix, dtype: type = np.float32) -> np.ndarray:
+    """Dense ``numpy`` copy of a dense or sparse matrix in ``dtype``."""
+    if sp.issparse(X):
+        return X.toarray().astype(dtype, copy=False)
+    return np.asarray(X, dtype=dtype)
+
+
+def check_expression(
+    X: np.ndarray | sp.spmatrix, name: str, *, counts: bool = True, integer: bool = False
+) -> None:
+    """Raise if ``X`` holds NaN/inf, or negative (and, with ``integer``, non-integer) values.
+
+    Parameters
+    ----------
+    X
+        Matrix to check (dense or sparse).
+    name
+        How the matrix is named in the error, e.g. ``"adata.layers['counts']"``.
+    counts
+        Require non-negative values.
+    integer
+        Require integer values (for count likelihoods such as ZINB).
+    """
+    values = X.data if sp.issparse(X) else np.asarray(X)
+    if values.size == 0:
+        return
+    if not np.all(np.isfinite(values)):
+        n_bad = int((~np.isfinite(values)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN or infinite values.")
+    if counts and values.min() < 0:
+        raise ValueError(f"{name} contains negative values (min {values.min():g}); counts expected.")
+    if integer and not np.allclose(values, np.round(values)):
+        raise ValueError(f"{name} contains non-integer values; raw counts are needed here.")
+
+
+def layer_name(layer: str | None) -> str:
+    """Human-readable name of a layer for error messages."""
+    return "adata.X" if layer is None else f"adata.layers[{layer!r}]"
+
+
+def get_spatial(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
+    """Return the ``(n_obs, 2)`` float coordinates in ``adata.obsm[spatial_key]``, checked.
+
+    Raises
+    ------
+    KeyError
+        If the key is missing.
+    ValueError
+        If the coordinates are not two-dimensional with 2 columns, or hold NaN/inf.
+    """
+    if spatial_key not in adata.obsm:
+        raise KeyError(
+            f"spatial coordinates adata.obsm[{spatial_key!r}] not found "
+            f"(obsm has {list(adata.obsm.keys())}); pass `spatial_key=`."
+        )
+    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] must have shape (n_obs, 2), got {coords.shape}."
+        )
+    if not np.all(np.isfinite(coords)):
+        raise ValueError(f"adata.obsm[{spatial_key!r}] contains NaN or infinite coordinates.")
+    return coords
+
+
+def get_obs_column(adata: AnnData, key: str) -> np.ndarray:
+    """Return ``adata.obs[key]`` as an array, with a clear error when missing or with NaN."""
+    if key not in adata.obs:
+        raise KeyError(f"column {key!r} not found in adata.obs (columns: {list(adata.obs.columns)}).")
+    col = adata.obs[key]
+    if col.isna().any():
+        raise ValueError(f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values.")
+    return col.to_numpy()
+
+
+def record(adata: AnnData, key: str, params: dict[str, Any]) -> None:
+    """Record the parameters of a run in ``adata.uns['scfound'][key]``."""
+    adata.uns.setdefault(UNS_KEY, {})
+    adata.uns[UNS_KEY][key] = {k: _uns_safe(v) for k, v in params.items()}
+
+
+def _uns_safe(value: Any) -> Any:
+    """Convert a parameter to something ``h5ad`` can store."""
+    if value is None:
+        return "None"
+    if isinstance(value, bool | int | float | str | np.number):
+        return value
+    if isinstance(value, list | tuple):
+        return [_uns_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _uns_safe(v) for k, v in value.items()}
+    return str(value)
