@@ -70,7 +70,9 @@ def check_expression(
         n_bad = int((~np.isfinite(values)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN or infinite values.")
     if counts and values.min() < 0:
-        raise ValueError(f"{name} contains negative values (min {values.min():g}); counts expected.")
+        raise ValueError(
+            f"{name} contains negative values (min {values.min():g}); counts expected."
+        )
     if integer and not np.allclose(values, np.round(values)):
         raise ValueError(f"{name} contains non-integer values; raw counts are needed here.")
 
@@ -108,7 +110,9 @@ def get_spatial(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
 def get_obs_column(adata: AnnData, key: str) -> np.ndarray:
     """Return ``adata.obs[key]`` as an array, with a clear error when missing or with NaN."""
     if key not in adata.obs:
-        raise KeyError(f"column {key!r} not found in adata.obs (columns: {list(adata.obs.columns)}).")
+        raise KeyError(
+            f"column {key!r} not found in adata.obs (columns: {list(adata.obs.columns)})."
+        )
     col = adata.obs[key]
     if col.isna().any():
         raise ValueError(f"adata.obs[{key!r}] has {int(col.isna().sum())} missing values.")

@@ -1,0 +1,6 @@
+"""SpaFormer model."""
+
+from ._model import SpaFormer
+from ._module import SpaFormerModule
+
+__all__ = ["SpaFormer", "SpaFormerModule"]

@@ -1,0 +1,32 @@
+"""Shared torch building blocks: linear attention, positional encodings, graph layers, decoders."""
+
+from ._attention import LinearAttention, TransformerEncoder, TransformerLayer
+from ._decoders import MLPDecoder, ZINBDecoder, zinb_nll
+from ._graph import GATConv, GATEncoder, GINConv, knn_graph, laplacian_eigenvectors, random_walk_pe
+from ._positional import (
+    POSITIONAL_ENCODINGS,
+    PositionalEncoding,
+    normalize_coords,
+    positional_encoding,
+    sinusoid_2d,
+)
+
+__all__ = [
+    "POSITIONAL_ENCODINGS",
+    "GATConv",
+    "GATEncoder",
+    "GINConv",
+    "LinearAttention",
+    "MLPDecoder",
+    "PositionalEncoding",
+    "TransformerEncoder",
+    "TransformerLayer",
+    "ZINBDecoder",
+    "knn_graph",
+    "laplacian_eigenvectors",
+    "normalize_coords",
+    "positional_encoding",
+    "random_walk_pe",
+    "sinusoid_2d",
+    "zinb_nll",
+]
