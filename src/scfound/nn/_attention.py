@@ -24,7 +24,12 @@ def orthogonal_random_features(n_features: int, dim: int, generator=None) -> tor
     return w * norms
 
 
-def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool) -> torch.Tensor:
+def favor_features(
+    x: torch.Tensor,
+    projection: torch.Tensor,
+    is_query: bool,
+    padding: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Positive random features ``phi(x)`` of FAVOR+ for queries or keys.
 
     Parameters
@@ -44,9 +49,12 @@ def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool) ->
     sq = 0.5 * (x**2).sum(-1, keepdim=True)
     if is_query:
         stab = proj.amax(dim=-1, keepdim=True).detach()
-    else:
-        stab = proj.amax(dim=(-1, -2), keepdim=True).detach()
-    return torch.exp(proj - sq - stab) + 1e-6
+        return torch.exp(proj - sq - stab) + 1e-6
+    pad = None if padding is None else padding[:, None, :, None]
+    masked = proj if pad is None else proj.masked_fill(pad, -torch.inf)
+    stab = masked.amax(dim=(-1, -2), keepdim=True).detach()
+    feats = torch.exp(proj - sq - stab) + 1e-6
+    return feats if pad is None else feats.masked_fill(pad, 0.0)
 
 
 class LinearAttention(nn.Module):
@@ -121,9 +129,7 @@ class LinearAttention(nn.Module):
         b, n, _ = x.shape
         q, k, v = self.qkv(x).view(b, n, 3, self.n_heads, self.d_head).permute(2, 0, 3, 1, 4)
         qf = favor_features(q, self.projection, is_query=True)  # (b, h, n, m)
-        kf = favor_features(k, self.projection, is_query=False)
-        if key_padding_mask is not None:
-            kf = kf.masked_fill(key_padding_mask[:, None, :, None], 0.0)
+        kf = favor_features(k, self.projection, is_query=False, padding=key_padding_mask)
         kv = torch.einsum("bhnm,bhnd->bhmd", kf, v)
         normaliser = torch.einsum("bhnm,bhm->bhn", qf, kf.sum(dim=2)).clamp_min(1e-6)
         out = torch.einsum("bhnm,bhmd->bhnd", qf, kv) / normaliser.unsqueeze(-1)

@@ -1,1 +1,11 @@
-"""Placeholder."""
+"""Plotting: maps of imputed genes in space, per-gene scores and training curves.
+
+Every function draws with matplotlib, returns the :class:`~matplotlib.figure.Figure`, and takes
+``show`` and ``save`` like scanpy's plotting functions.
+"""
+
+from ._scores import gene_scores
+from ._spatial import imputed_genes
+from ._training import training_curves
+
+__all__ = ["gene_scores", "imputed_genes", "training_curves"]

@@ -1,1 +1,6 @@
-"""Placeholder."""
+"""One-call tools: train (or reuse) a model and write its results into the AnnData."""
+
+from ._embed import embed
+from ._impute import impute
+
+__all__ = ["embed", "impute"]

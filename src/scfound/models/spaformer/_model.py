@@ -307,6 +307,8 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
         if splitter.n_val > 0:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
         trainer_kwargs.setdefault("enable_progress_bar", False)
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
+        self.module.train()  # inference leaves the module in eval mode; Lightning keeps it
         runner = self._train_runner_cls(
             self,
             training_plan=plan,

@@ -1,0 +1,220 @@
+"""Maps in space of measured and imputed expression, gene by gene."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+from matplotlib.axes import Axes
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+
+from scfound._utils import get_matrix, get_spatial, layer_name, to_dense
+
+from ._utils import finish_figure
+
+MASKED_COLOR = "#d9d9d9"
+PANEL_WIDTH = 3.2
+
+
+def imputed_genes(
+    adata: AnnData,
+    genes: str | Sequence[str],
+    *,
+    measured_layer: str | None = "counts",
+    imputed_layer: str = "spaformer_imputed",
+    spatial_key: str = "spatial",
+    mask_layer: str | None = None,
+    normalize: bool = True,
+    point_size: float | None = None,
+    cmap: str = "viridis",
+    ncols: int | None = None,
+    show: bool | None = None,
+    save: str | Path | None = None,
+) -> Figure:
+    """Measured and imputed expression of genes, side by side, in space.
+
+    For each gene the figure holds a group of panels that share one colour scale: the measured
+    values, the imputed values and, when ``mask_layer`` is given, the measured values at the
+    entries held out for evaluation only (the other cells in grey).
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with coordinates in ``adata.obsm[spatial_key]``.
+    genes
+        A gene name or a list of names from ``adata.var_names``.
+    measured_layer
+        Layer with the measured expression (``None`` for ``adata.X``).
+    imputed_layer
+        Layer with the imputed expression, e.g. written by :func:`scfound.tl.impute`.
+    spatial_key
+        Key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
+    mask_layer
+        Boolean layer marking held-out entries (``True`` = held out), e.g. written by
+        :func:`scfound.pp.mask_entries`. Adds the panel "measured (held-out entries)".
+    normalize
+        Show ``log1p`` of per-cell normalised values: each matrix is scaled so that every cell
+        sums to the median total of that matrix over all genes. ``False`` shows the layers as
+        they are (e.g. when the imputation is already log-normalised).
+    point_size
+        Marker size; default scales with the number of cells.
+    cmap
+        Colour map of the expression values.
+    ncols
+        Number of genes placed side by side in one row of the figure (default 1).
+    show
+        ``True`` calls :func:`matplotlib.pyplot.show`; ``None`` leaves the figure open in pyplot
+        (notebooks display it); ``False`` closes it in pyplot (the returned figure stays usable).
+    save
+        File to write the figure to (``dpi=150``, ``bbox_inches="tight"``).
+
+    Returns
+    -------
+    The figure; its axes are ordered gene by gene, panels left to right, then one colour bar per
+    gene.
+
+    Raises
+    ------
+    KeyError
+        If genes, layers or the coordinates are missing.
+    ValueError
+        If values are not finite, negative with ``normalize=True``, or the mask is not boolean.
+
+    Examples
+    --------
+    >>> import scfound as sf
+    >>> adata = sf.datasets.osmfish()
+    >>> sf.pp.spatial_tiles(adata, n_tiles=16)
+    >>> sf.tl.impute(adata, layer="counts", group_key="spatial_tile")
+    >>> sf.pl.imputed_genes(adata, ["Gad2", "Rorb"])
+    """
+    genes = [genes] if isinstance(genes, str) else list(genes)
+    if not genes:
+        raise ValueError("`genes` is empty; pass at least one gene name.")
+    gene_idx = adata.var_names.get_indexer(genes)
+    missing = [g for g, i in zip(genes, gene_idx, strict=True) if i < 0]
+    if missing:
+        raise KeyError(f"genes not found in adata.var_names: {missing}.")
+    if adata.n_obs == 0:
+        raise ValueError("adata has no cells to plot.")
+    if ncols is not None and ncols < 1:
+        raise ValueError(f"ncols must be a positive integer, got {ncols!r}.")
+
+    coords = get_spatial(adata, spatial_key)
+    measured = _expression(adata, measured_layer, gene_idx, normalize)
+    imputed = _expression(adata, imputed_layer, gene_idx, normalize)
+    held_out = None if mask_layer is None else _mask(adata, mask_layer, gene_idx)
+
+    n_panels = 2 if held_out is None else 3
+    ncols = min(ncols or 1, len(genes))
+    nrows = math.ceil(len(genes) / ncols)
+    span = np.ptp(coords, axis=0)
+    ratio = float(np.clip(span[1] / span[0], 0.3, 2.0)) if span[0] > 0 else 1.0
+    fig, axes = plt.subplots(
+        nrows,
+        ncols * n_panels,
+        figsize=(ncols * n_panels * PANEL_WIDTH + ncols * 0.8, nrows * PANEL_WIDTH * ratio + 0.3),
+        squeeze=False,
+        layout="constrained",
+    )
+    size = point_size if point_size is not None else float(np.clip(3e4 / adata.n_obs, 0.5, 30.0))
+
+    for k, gene in enumerate(genes):
+        row, col = divmod(k, ncols)
+        group = list(axes[row, col * n_panels : (col + 1) * n_panels])
+        panels = [measured[:, k], imputed[:, k]]
+        if held_out is not None:
+            panels.append(np.where(held_out[:, k], measured[:, k], np.nan))
+        vmin = float(min(np.nanmin(p) for p in panels[:2]))
+        vmax = float(max(np.nanmax(p) for p in panels[:2]))
+        if not vmax > vmin:
+            vmax = vmin + 1.0
+        titles = [f"{gene}: measured", "imputed", "measured (held-out entries)"]
+        mappable = None
+        for ax, values, title in zip(group, panels, titles, strict=False):
+            mappable = _scatter(ax, coords, values, size, cmap, vmin, vmax)
+            ax.set_title(title, fontsize="medium")
+        fig.colorbar(
+            mappable,
+            ax=group,
+            shrink=0.8,
+            label="log1p(normalised)" if normalize else "expression",
+        )
+    for ax in axes.ravel()[len(genes) * n_panels :]:
+        ax.remove()
+    return finish_figure(fig, show=show, save=save)
+
+
+def _expression(
+    adata: AnnData, layer: str | None, gene_idx: np.ndarray, normalize: bool
+) -> np.ndarray:
+    """Dense ``(n_obs, n_genes)`` values of a layer, ``log1p``-normalised when asked."""
+    X = get_matrix(adata, layer)
+    values = to_dense(X[:, gene_idx], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{layer_name(layer)} contains NaN or infinite values.")
+    if not normalize:
+        return values
+    if values.size and values.min() < 0:
+        raise ValueError(
+            f"{layer_name(layer)} has negative values, which cannot be library-size normalised; "
+            "pass normalize=False to show the values as they are."
+        )
+    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    positive = totals > 0
+    target = float(np.median(totals[positive])) if positive.any() else 1.0
+    scale = np.zeros_like(totals)
+    scale[positive] = target / totals[positive]
+    return np.log1p(values * scale[:, None])
+
+
+def _mask(adata: AnnData, layer: str, gene_idx: np.ndarray) -> np.ndarray:
+    """Boolean ``(n_obs, n_genes)`` held-out mask from a layer."""
+    M = get_matrix(adata, layer)
+    M = M[:, gene_idx]
+    values = M.toarray() if sp.issparse(M) else np.asarray(M)
+    if values.dtype != bool:
+        if not np.isin(values, (0, 1)).all():
+            raise ValueError(
+                f"{layer_name(layer)} must be a boolean mask (True = held out), "
+                f"got values other than 0/1 of dtype {values.dtype}."
+            )
+        values = values.astype(bool)
+    return values
+
+
+def _scatter(
+    ax: Axes,
+    coords: np.ndarray,
+    values: np.ndarray,
+    size: float,
+    cmap: str,
+    vmin: float,
+    vmax: float,
+) -> PathCollection:
+    """Scatter cells coloured by ``values``; NaN cells are drawn in grey underneath."""
+    hidden = np.isnan(values)
+    if hidden.any():
+        ax.scatter(*coords[hidden].T, s=size, c=MASKED_COLOR, linewidths=0, rasterized=True)
+    shown = np.flatnonzero(~hidden)
+    order = shown[np.argsort(values[shown], kind="stable")]
+    mappable = ax.scatter(
+        *coords[order].T,
+        s=size,
+        c=values[order],
+        cmap=cmap,
+        vmin=vmin,
+        vmax=vmax,
+        linewidths=0,
+        rasterized=True,
+    )
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return mappable

@@ -1,0 +1,263 @@
+"""Spatial grouping of cells: square tiles of a section and spatial neighbour graphs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+from scipy.spatial import cKDTree
+
+from .._utils import get_obs_column, get_spatial, record
+
+
+def spatial_tiles(
+    adata: AnnData,
+    *,
+    tile_size: float | None = None,
+    n_tiles: int | None = None,
+    spatial_key: str = "spatial",
+    key_added: str = "spatial_tile",
+    min_cells: int = 1,
+    copy: bool = False,
+) -> AnnData | None:
+    """Cut a section into a grid of rectangular tiles, to use as groups (FOV-like sequences).
+
+    The bounding box of the coordinates is cut either into squares of side ``tile_size`` or
+    into a grid of about ``n_tiles`` tiles of equal area, whose numbers of rows and columns
+    follow the aspect ratio of the box (so tiles are close to square). Tiles holding fewer
+    than ``min_cells`` cells are merged into the nearest tile (by tile centre) that holds at
+    least ``min_cells`` cells.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with coordinates in ``adata.obsm[spatial_key]``.
+    tile_size
+        Side of the square tiles, in the units of the coordinates.
+    n_tiles
+        Approximate number of tiles over the bounding box. Exactly one of ``tile_size`` and
+        ``n_tiles`` must be given.
+    spatial_key
+        Key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
+    key_added
+        Column of ``adata.obs`` that receives the tile labels.
+    min_cells
+        Smallest number of cells in a tile; smaller tiles are merged into their nearest
+        large enough neighbour.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or the modified copy when ``copy=True``. Sets
+
+    - ``adata.obs[key_added]``: categorical tile label per cell, ``'<row>_<col>'`` of the
+      grid; only non-empty tiles are categories;
+    - ``adata.uns['scfound']['spatial_tiles']``: the parameters, the grid shape and the
+      number of tiles.
+
+    Examples
+    --------
+    >>> import scfound
+    >>> adata = scfound.datasets.synthetic_spatial(n_cells=1000)
+    >>> scfound.pp.spatial_tiles(adata, n_tiles=4)
+    >>> adata.obs["spatial_tile"].nunique()
+    4
+    """
+    if (tile_size is None) == (n_tiles is None):
+        raise ValueError("pass exactly one of `tile_size` and `n_tiles`.")
+    if tile_size is not None and not (np.isfinite(tile_size) and tile_size > 0):
+        raise ValueError(f"`tile_size` must be a positive number, got {tile_size!r}.")
+    if n_tiles is not None and (not isinstance(n_tiles, int | np.integer) or n_tiles < 1):
+        raise ValueError(f"`n_tiles` must be a positive integer, got {n_tiles!r}.")
+    if not isinstance(min_cells, int | np.integer) or min_cells < 1:
+        raise ValueError(f"`min_cells` must be a positive integer, got {min_cells!r}.")
+    coords = get_spatial(adata, spatial_key)
+    if min_cells > len(coords):
+        raise ValueError(
+            f"`min_cells` ({min_cells}) exceeds the number of cells ({len(coords)}); no tile "
+            "can hold that many."
+        )
+
+    lower = coords.min(axis=0)
+    extent = coords.max(axis=0) - lower
+    if tile_size is not None:
+        shape = np.maximum(np.ceil(extent / tile_size), 1).astype(int)
+        step = np.full(2, float(tile_size))
+    else:
+        shape = _grid_shape(extent, int(n_tiles))
+        step = np.where(extent > 0, extent / shape, 1.0)
+    # shape / step are (n_cols, n_rows) / (width, height): x indexes columns, y rows.
+    cell_idx = np.minimum((coords - lower) // step, shape - 1).astype(np.int64)
+    tile = cell_idx[:, 1] * shape[0] + cell_idx[:, 0]
+
+    occupied, counts = np.unique(tile, return_counts=True)
+    large = occupied[counts >= min_cells]
+    small = occupied[counts < min_cells]
+    target = occupied.copy()
+    if len(small):
+
+        def centre(ids: np.ndarray) -> np.ndarray:
+            return lower + (np.stack([ids % shape[0], ids // shape[0]], axis=1) + 0.5) * step
+
+        _, nearest = cKDTree(centre(large)).query(centre(small))
+        target[np.searchsorted(occupied, small)] = large[nearest]
+    merged = target[np.searchsorted(occupied, tile)]
+
+    kept = np.unique(merged)
+    names = [f"{t // shape[0]}_{t % shape[0]}" for t in kept]
+    labels = pd.Categorical.from_codes(np.searchsorted(kept, merged), categories=names)
+
+    if copy:
+        adata = adata.copy()
+    adata.obs[key_added] = labels
+    record(
+        adata,
+        "spatial_tiles",
+        {
+            "tile_size": tile_size,
+            "n_tiles": n_tiles,
+            "spatial_key": spatial_key,
+            "key_added": key_added,
+            "min_cells": min_cells,
+            "grid_shape": [int(shape[1]), int(shape[0])],
+            "tile_extent": [float(step[0]), float(step[1])],
+            "n_tiles_out": len(kept),
+            "n_tiles_merged": len(small),
+        },
+    )
+    return adata if copy else None
+
+
+def _grid_shape(extent: np.ndarray, n_tiles: int) -> np.ndarray:
+    """Numbers of columns and rows of a grid of about ``n_tiles`` near-square tiles."""
+    width, height = extent
+    if width <= 0 and height <= 0:
+        return np.ones(2, dtype=int)
+    if height <= 0:
+        return np.array([n_tiles, 1])
+    if width <= 0:
+        return np.array([1, n_tiles])
+    n_cols = max(1, round(np.sqrt(n_tiles * width / height)))
+    n_rows = max(1, round(n_tiles / n_cols))
+    return np.array([n_cols, n_rows])
+
+
+def spatial_graph(
+    adata: AnnData,
+    *,
+    method: Literal["knn", "radius"] = "knn",
+    n_neighs: int = 6,
+    radius: float | None = None,
+    spatial_key: str = "spatial",
+    group_key: str | None = None,
+    copy: bool = False,
+) -> AnnData | None:
+    """Spatial neighbour graph of the cells, computed with :func:`squidpy.gr.spatial_neighbors`.
+
+    Coordinates are treated as generic (not a Visium grid). With ``group_key``, the graph is
+    built within each group (FOV, sample, tile) separately, so no edge joins two groups.
+
+    Parameters
+    ----------
+    adata
+        Annotated data matrix with coordinates in ``adata.obsm[spatial_key]``.
+    method
+        ``'knn'``: each cell is joined to its ``n_neighs`` nearest cells; ``'radius'``: to all
+        cells within ``radius``.
+    n_neighs
+        Number of neighbours for ``method='knn'``.
+    radius
+        Distance threshold for ``method='radius'``, in the units of the coordinates.
+    spatial_key
+        Key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
+    group_key
+        Column of ``adata.obs`` with the groups; ``None`` builds one graph over all cells.
+    copy
+        Return a modified copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None``, or the modified copy when ``copy=True``. Sets squidpy's standard keys
+
+    - ``adata.obsp['spatial_connectivities']``: binary adjacency (CSR);
+    - ``adata.obsp['spatial_distances']``: Euclidean edge lengths (CSR);
+    - ``adata.uns['spatial_neighbors']``: the keys above and squidpy's parameters;
+    - ``adata.uns['scfound']['spatial_graph']``: the parameters of this call.
+
+    Examples
+    --------
+    >>> import scfound
+    >>> adata = scfound.datasets.synthetic_spatial(n_cells=500, n_fovs=4)
+    >>> scfound.pp.spatial_graph(adata, n_neighs=6, group_key="fov")
+    >>> adata.obsp["spatial_connectivities"].shape
+    (500, 500)
+    """
+    import squidpy as sq
+
+    coords = get_spatial(adata, spatial_key)
+    if method == "knn":
+        if radius is not None:
+            raise ValueError("`radius` is only used with method='radius'; leave it None for 'knn'.")
+        if not isinstance(n_neighs, int | np.integer) or n_neighs < 1:
+            raise ValueError(f"`n_neighs` must be a positive integer, got {n_neighs!r}.")
+    elif method == "radius":
+        if radius is None or not (np.isfinite(radius) and radius > 0):
+            raise ValueError(f"method='radius' needs a positive `radius`, got {radius!r}.")
+    else:
+        raise ValueError(f"`method` must be 'knn' or 'radius', got {method!r}.")
+
+    # Run squidpy on a minimal AnnData so that nothing else of the caller's object changes.
+    index = pd.RangeIndex(adata.n_obs).astype(str)
+    obs = pd.DataFrame(index=index)
+    library_key = None
+    if group_key is not None:
+        groups = pd.Categorical(get_obs_column(adata, group_key))
+        groups = groups.remove_unused_categories()
+        if method == "knn":
+            sizes = pd.Series(groups).value_counts()
+            too_small = sizes[sizes <= n_neighs]
+            if len(too_small):
+                raise ValueError(
+                    f"groups of adata.obs[{group_key!r}] with at most n_neighs={n_neighs} cells "
+                    f"cannot have {n_neighs} neighbours: {too_small.to_dict()}; lower `n_neighs`."
+                )
+        library_key = "_group"
+        obs[library_key] = groups
+    elif method == "knn" and n_neighs >= adata.n_obs:
+        raise ValueError(f"`n_neighs` ({n_neighs}) must be smaller than n_obs ({adata.n_obs}).")
+    tmp = AnnData(obs=obs, obsm={"spatial": coords})
+
+    if method == "knn":
+        if hasattr(sq.gr, "spatial_neighbors_knn"):
+            sq.gr.spatial_neighbors_knn(tmp, library_key=library_key, n_neighs=int(n_neighs))
+        else:  # pragma: no cover - squidpy < 1.7
+            sq.gr.spatial_neighbors(
+                tmp, library_key=library_key, coord_type="generic", n_neighs=int(n_neighs)
+            )
+    elif hasattr(sq.gr, "spatial_neighbors_radius"):
+        sq.gr.spatial_neighbors_radius(tmp, library_key=library_key, radius=float(radius))
+    else:  # pragma: no cover - squidpy < 1.7
+        sq.gr.spatial_neighbors(
+            tmp, library_key=library_key, coord_type="generic", radius=float(radius)
+        )
+
+    if copy:
+        adata = adata.copy()
+    adata.obsp["spatial_connectivities"] = tmp.obsp["spatial_connectivities"]
+    adata.obsp["spatial_distances"] = tmp.obsp["spatial_distances"]
+    adata.uns["spatial_neighbors"] = tmp.uns["spatial_neighbors"]
+    record(
+        adata,
+        "spatial_graph",
+        {
+            "method": method,
+            "n_neighs": n_neighs if method == "knn" else None,
+            "radius": radius,
+            "spatial_key": spatial_key,
+            "group_key": group_key,
+        },
+    )
+    return adata if copy else None

@@ -1,0 +1,225 @@
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+from anndata import AnnData
+from matplotlib.figure import Figure
+
+from scfound import pl
+
+GENES = ["g0", "g1", "g2", "g3", "g4", "g5"]
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+@pytest.fixture
+def adata() -> AnnData:
+    rng = np.random.default_rng(0)
+    n_obs = 80
+    counts = rng.poisson(2.0, size=(n_obs, len(GENES))).astype(np.float32)
+    ad = AnnData(X=counts.copy())
+    ad.var_names = GENES
+    ad.layers["counts"] = sp.csr_matrix(counts)
+    ad.layers["spaformer_imputed"] = counts + rng.random(counts.shape).astype(np.float32)
+    ad.layers["mask"] = rng.random(counts.shape) < 0.3
+    ad.obsm["spatial"] = rng.uniform(0, 100, size=(n_obs, 2))
+    return ad
+
+
+def _png_ok(path) -> bool:
+    return path.exists() and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ imputed_genes
+def test_imputed_genes_two_panels_per_gene_and_colorbars(adata):
+    fig = pl.imputed_genes(adata, ["g0", "g3"], show=False)
+    assert isinstance(fig, Figure)
+    # 2 genes x (measured, imputed) + one colour bar per gene
+    assert len(fig.axes) == 2 * 2 + 2
+    titles = [ax.get_title() for ax in fig.axes[:4]]
+    assert titles == ["g0: measured", "imputed", "g3: measured", "imputed"]
+
+
+def test_imputed_genes_shared_colour_scale_and_normalisation(adata):
+    fig = pl.imputed_genes(adata, "g1", show=False)
+    measured_ax, imputed_ax = fig.axes[:2]
+    m_clim = measured_ax.collections[0].get_clim()
+    i_clim = imputed_ax.collections[0].get_clim()
+    assert m_clim == i_clim
+    # log1p of counts normalised to the median total
+    counts = adata.layers["counts"].toarray()
+    totals = counts.sum(1)
+    expected = np.log1p(counts[:, 1] / totals * np.median(totals))
+    shown = np.asarray(measured_ax.collections[0].get_array())
+    np.testing.assert_allclose(np.sort(shown), np.sort(expected), rtol=1e-5)
+
+
+def test_imputed_genes_raw_values(adata):
+    fig = pl.imputed_genes(adata, "g2", normalize=False, show=False)
+    shown = np.asarray(fig.axes[1].collections[0].get_array())
+    np.testing.assert_allclose(np.sort(shown), np.sort(adata.layers["spaformer_imputed"][:, 2]))
+
+
+def test_imputed_genes_mask_panel(adata):
+    fig = pl.imputed_genes(adata, ["g0", "g1", "g2"], mask_layer="mask", ncols=2, show=False)
+    # 3 genes x 3 panels, one unused gene slot removed, plus 3 colour bars
+    assert len(fig.axes) == 3 * 3 + 3
+    held_ax = fig.axes[2]
+    assert held_ax.get_title() == "measured (held-out entries)"
+    n_held = int(adata.layers["mask"][:, 0].sum())
+    grey, coloured = held_ax.collections
+    assert len(coloured.get_offsets()) == n_held
+    assert len(grey.get_offsets()) == adata.n_obs - n_held
+
+
+def test_imputed_genes_save_writes_png(adata, tmp_path):
+    path = tmp_path / "sub" / "maps.png"
+    fig = pl.imputed_genes(adata, ["g0"], save=path, show=False)
+    assert isinstance(fig, Figure)
+    assert _png_ok(path)
+
+
+def test_imputed_genes_show_false_closes_in_pyplot(adata):
+    fig = pl.imputed_genes(adata, "g0", show=False)
+    assert fig.number not in plt.get_fignums()
+    fig = pl.imputed_genes(adata, "g0")
+    assert fig.number in plt.get_fignums()
+
+
+def test_imputed_genes_missing_gene(adata):
+    with pytest.raises(KeyError, match=r"nope.*also_missing|also_missing.*nope"):
+        pl.imputed_genes(adata, ["g0", "nope", "also_missing"], show=False)
+
+
+def test_imputed_genes_missing_layers(adata):
+    with pytest.raises(KeyError, match="raw_counts"):
+        pl.imputed_genes(adata, "g0", measured_layer="raw_counts", show=False)
+    del adata.layers["spaformer_imputed"]
+    with pytest.raises(KeyError, match="spaformer_imputed"):
+        pl.imputed_genes(adata, "g0", show=False)
+
+
+def test_imputed_genes_missing_mask_and_coordinates(adata):
+    with pytest.raises(KeyError, match="heldout"):
+        pl.imputed_genes(adata, "g0", mask_layer="heldout", show=False)
+    with pytest.raises(KeyError, match="xy"):
+        pl.imputed_genes(adata, "g0", spatial_key="xy", show=False)
+
+
+def test_imputed_genes_bad_values(adata):
+    adata.layers["neg"] = -np.ones((adata.n_obs, adata.n_vars), dtype=np.float32)
+    with pytest.raises(ValueError, match="normalize=False"):
+        pl.imputed_genes(adata, "g0", imputed_layer="neg", show=False)
+    adata.layers["counts_mask"] = adata.layers["counts"]
+    with pytest.raises(ValueError, match="boolean"):
+        pl.imputed_genes(adata, "g0", mask_layer="counts_mask", show=False)
+
+
+# ------------------------------------------------------------------ gene_scores
+def _scores(shift: float = 0.0) -> pd.DataFrame:
+    rng = np.random.default_rng(1)
+    return pd.DataFrame(
+        {"pcc": rng.uniform(0, 1, 5) - shift, "rmse": rng.uniform(0, 1, 5)},
+        index=[f"gene{i}" for i in range(5)],
+    )
+
+
+def test_gene_scores_single_method_sorted(tmp_path):
+    scores = _scores()
+    path = tmp_path / "scores.png"
+    fig = pl.gene_scores(scores, metric="pcc", save=path, show=False)
+    assert len(fig.axes) == 1
+    ax = fig.axes[0]
+    heights = [p.get_height() for p in ax.patches]
+    assert heights == sorted(scores["pcc"], reverse=True)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(
+        scores["pcc"].sort_values(ascending=False).index
+    )
+    assert _png_ok(path)
+
+
+def test_gene_scores_error_metric_sorted_ascending():
+    scores = _scores()
+    fig = pl.gene_scores(scores, metric="rmse", show=False)
+    heights = [p.get_height() for p in fig.axes[0].patches]
+    assert heights == sorted(scores["rmse"])
+
+
+def test_gene_scores_several_methods_on_given_axes():
+    fig, ax = plt.subplots()
+    out = pl.gene_scores({"a": _scores(), "b": _scores(0.1), "c": _scores(0.2)}, ax=ax, show=False)
+    assert out is fig
+    assert len(ax.collections) == 3
+    assert len(ax.get_legend().get_texts()) == 3
+    # a figure passed in by the caller is not closed
+    assert fig.number in plt.get_fignums()
+
+
+def test_gene_scores_errors():
+    with pytest.raises(KeyError, match="jsd"):
+        pl.gene_scores(_scores(), metric="jsd", show=False)
+    with pytest.raises(ValueError, match="empty"):
+        pl.gene_scores({}, show=False)
+
+
+# ------------------------------------------------------------------ training_curves
+def _history() -> dict[str, pd.DataFrame]:
+    epochs = pd.Index(range(5), name="epoch")
+    return {
+        "train_loss": pd.DataFrame({"train_loss": np.linspace(3, 1, 5)}, index=epochs),
+        "validation_loss": pd.DataFrame(
+            {"validation_loss": np.linspace(3.5, 1.5, 5)}, index=epochs
+        ).astype(object),
+        "reconstruction_loss_train": pd.DataFrame(
+            {"reconstruction_loss_train": np.linspace(2, 1, 5)}, index=epochs
+        ),
+    }
+
+
+def test_training_curves_default_keys(tmp_path):
+    path = tmp_path / "curves.png"
+    fig = pl.training_curves(_history(), save=path, show=False)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["train_loss", "validation_loss"]
+    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), np.linspace(3.5, 1.5, 5))
+    assert _png_ok(path)
+
+
+def test_training_curves_from_model_with_extra_and_missing_keys():
+    class Model:
+        history = _history()
+
+    with pytest.warns(UserWarning, match="not_logged"):
+        fig = pl.training_curves(
+            Model(), keys=["reconstruction_loss_train", "not_logged"], show=False
+        )
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    assert labels == ["train_loss", "validation_loss", "reconstruction_loss_train"]
+
+
+def test_training_curves_epoch_suffix_and_skipped_validation():
+    history = {"train_loss_epoch": pd.DataFrame({"train_loss_epoch": [2.0, 1.0]})}
+    fig = pl.training_curves(history, show=False)
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["train_loss"]
+
+
+def test_training_curves_errors():
+    with pytest.raises(ValueError, match="empty"):
+        pl.training_curves({}, show=False)
+
+    class Untrained:
+        history = None
+
+    with pytest.raises(ValueError, match="train it first"):
+        pl.training_curves(Untrained(), show=False)
+    with pytest.raises(ValueError, match="nothing to plot"):
+        pl.training_curves({"elbo_train": pd.DataFrame({"elbo_train": [1.0]})}, show=False)
