@@ -110,7 +110,12 @@ def test_setup_errors_name_the_key(synthetic):
     a.obsm["nan"][0, 0] = np.nan
     with pytest.raises(ValueError, match="nan"):
         sf.SpaFormer.setup_anndata(a, layer="counts", spatial_key="nan")
-    bad = np.asarray(a.layers["counts"].todense() if hasattr(a.layers["counts"], "todense") else a.layers["counts"], dtype=np.float32)
+    bad = np.asarray(
+        a.layers["counts"].todense()
+        if hasattr(a.layers["counts"], "todense")
+        else a.layers["counts"],
+        dtype=np.float32,
+    )
     bad[0, 0] = -1
     a.layers["neg"] = bad
     with pytest.raises(ValueError, match="negative"):

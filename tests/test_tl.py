@@ -26,8 +26,10 @@ def test_impute_writes_only_documented_keys(synthetic):
     assert after["uns"] == before["uns"] | {"scfound"}
     assert after["obs"].equals(before["obs"])
     assert after["var"].equals(before["var"])
-    assert (after["X"] != before["X"]).nnz == 0 if hasattr(after["X"], "nnz") else np.array_equal(
-        after["X"], before["X"]
+    assert (
+        (after["X"] != before["X"]).nnz == 0
+        if hasattr(after["X"], "nnz")
+        else np.array_equal(after["X"], before["X"])
     )
     imputed = synthetic.layers["spaformer_imputed"]
     assert imputed.shape == synthetic.shape and imputed.dtype == np.float32

@@ -37,9 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"held out {mask.sum()} of {mask.size} entries (30 %, zeros included)")
 
     start = time.perf_counter()
-    sf.tl.impute(
-        adata, layer="heldout_counts", max_epochs=args.max_epochs, seed=args.seed
-    )
+    sf.tl.impute(adata, layer="heldout_counts", max_epochs=args.max_epochs, seed=args.seed)
     elapsed = time.perf_counter() - start
     truth = adata.layers["counts"]
     observed = adata.layers["heldout_counts"]

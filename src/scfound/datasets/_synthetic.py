@@ -33,7 +33,7 @@ def synthetic_spatial(
 ) -> AnnData:
     """Simulate a spatial transcriptomics section with cell types laid out as spatial domains.
 
-    Cells are placed uniformly at random in a square (about 10 µm between neighbouring cells).
+    Cells are placed uniformly at random in a square, one cell per 100 µm² on average.
     The square is partitioned into spatial domains (a Voronoi tessellation of random centres,
     about 250 cells each, with fuzzy borders); every domain has one cell type, and 10% of cells
     take a random type instead (mixing). Each type has its own expression programme: log-normal

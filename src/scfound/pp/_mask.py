@@ -48,7 +48,7 @@ def draw_holdout_mask(
     >>> from scfound.pp import draw_holdout_mask
     >>> X = np.random.default_rng(0).poisson(2.0, size=(100, 20))
     >>> mask = draw_holdout_mask(X, 0.3, np.random.default_rng(0))
-    >>> round(mask.mean(), 1)
+    >>> float(round(mask.mean(), 1))
     0.3
     """
     if not 0 < fraction < 1:
