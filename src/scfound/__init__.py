@@ -1,4 +1,4 @@
-"""scfound: foundation models for single-cell and spatial omics on scvi-tools, with a scanpy-style API."""
+"""scfound: foundation models for single-cell and spatial omics, scvi-tools models, scanpy API."""
 
 from importlib.metadata import PackageNotFoundError, version
 

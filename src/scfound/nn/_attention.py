@@ -41,7 +41,9 @@ def favor_features(
     is_query
         Queries are stabilised per row, keys with a global maximum (as in the Performer paper), so
         that the normalisation cancels in the attention ratio.
-
+    padding
+        ``(batch, n)`` boolean, True for padding keys: their features are zero and they do not
+        enter the key stabiliser.
     """
     d = x.shape[-1]
     x = x * d**-0.25

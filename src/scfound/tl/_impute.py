@@ -50,7 +50,7 @@ def impute(
         Key of the coordinates in ``adata.obsm``.
     group_key
         Column of ``adata.obs`` with fields of view. ``None`` cuts the section into square tiles of
-        about 1,000 cells (kept internally; ``adata.obs`` is not changed).
+        about 500 cells (kept internally; ``adata.obs`` is not changed).
     batch_key
         Optional batch column of ``adata.obs``.
     model

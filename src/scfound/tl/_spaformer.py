@@ -18,7 +18,7 @@ from scfound._utils import get_matrix, get_obs_column, get_spatial
 from scfound.models import SpaFormer
 
 #: cells per spatial tile when a section has no ``group_key`` (one tile = one training step)
-CELLS_PER_TILE = 1000
+CELLS_PER_TILE = 500
 TILE_KEY = "spatial_tile"
 
 

@@ -130,7 +130,7 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
         gene_mask_rate: float = 0.5,
         drop_node_rate: float = 0.0,
         loss_on: Literal["masked_entries", "masked_cells"] = "masked_entries",
-        n_neighbors: int = 6,
+        n_neighbors: int = 12,
         dropout: float = 0.2,
         attn_dropout: float = 0.1,
         target_sum: float | None = None,
