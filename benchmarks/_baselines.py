@@ -31,9 +31,9 @@ Weighting = Literal["uniform", "distance"]
 
 #: Grid of :func:`tuned_knn_blend`: kNN sizes and weightings, and the spatial weight ``w``.
 DEFAULT_BLEND_GRID: dict[str, tuple] = {
-    "spatial_k": (5, 10, 20, 30, 50),
+    "spatial_k": (5, 10, 20, 30, 50, 75, 100),
     "spatial_weighting": ("uniform", "distance"),
-    "expression_k": (5, 10, 20, 50),
+    "expression_k": (5, 10, 20, 50, 100, 200),
     "expression_weighting": ("uniform", "distance"),
     "w": (0.0, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 }
