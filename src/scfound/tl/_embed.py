@@ -10,7 +10,7 @@ from scfound._utils import record
 from scfound.models import SpaFormer
 
 from ._impute import _resolve_method
-from ._spaformer import fit_spaformer, reuse_spaformer, training_summary
+from ._spaformer import spaformer_for, training_summary
 
 
 def embed(
@@ -55,20 +55,18 @@ def embed(
     method = _resolve_method(adata, method, spatial_key)
     adata = adata.copy() if copy else adata
     key_added = key_added or f"X_{method}"
-    if model is None:
-        model, small = fit_spaformer(
-            adata,
-            layer=layer,
-            spatial_key=spatial_key,
-            group_key=group_key,
-            batch_key=batch_key,
-            max_epochs=max_epochs,
-            model_kwargs=model_kwargs,
-            train_kwargs=train_kwargs,
-            seed=seed,
-        )
-    else:
-        small = reuse_spaformer(model, adata)
+    model, small = spaformer_for(
+        adata,
+        model,
+        layer=layer,
+        spatial_key=spatial_key,
+        group_key=group_key,
+        batch_key=batch_key,
+        max_epochs=max_epochs,
+        model_kwargs=model_kwargs,
+        train_kwargs=train_kwargs,
+        seed=seed,
+    )
     adata.obsm[key_added] = model.get_latent_representation(small)
     record(
         adata,

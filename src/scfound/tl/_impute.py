@@ -9,7 +9,7 @@ from anndata import AnnData
 from scfound._utils import record
 from scfound.models import SpaFormer
 
-from ._spaformer import fit_spaformer, reuse_spaformer, training_summary
+from ._spaformer import spaformer_for, training_summary
 
 METHODS = ("spaformer",)
 
@@ -81,20 +81,18 @@ def impute(
     method = _resolve_method(adata, method, spatial_key)
     adata = adata.copy() if copy else adata
     key_added = key_added or f"{method}_imputed"
-    if model is None:
-        model, small = fit_spaformer(
-            adata,
-            layer=layer,
-            spatial_key=spatial_key,
-            group_key=group_key,
-            batch_key=batch_key,
-            max_epochs=max_epochs,
-            model_kwargs=model_kwargs,
-            train_kwargs=train_kwargs,
-            seed=seed,
-        )
-    else:
-        small = reuse_spaformer(model, adata)
+    model, small = spaformer_for(
+        adata,
+        model,
+        layer=layer,
+        spatial_key=spatial_key,
+        group_key=group_key,
+        batch_key=batch_key,
+        max_epochs=max_epochs,
+        model_kwargs=model_kwargs,
+        train_kwargs=train_kwargs,
+        seed=seed,
+    )
     imputed = model.get_imputed_expression(small, keep_observed=keep_observed)
     adata.layers[key_added] = imputed
     record(

@@ -101,6 +101,15 @@ def reuse_spaformer(model: SpaFormer, adata: AnnData) -> AnnData:
     return small
 
 
+def spaformer_for(
+    adata: AnnData, model: SpaFormer | None, **fit_kwargs: Any
+) -> tuple[SpaFormer, AnnData]:
+    """The given trained ``model`` with ``adata`` laid out for it, or a newly fitted one."""
+    if model is None:
+        return fit_spaformer(adata, **fit_kwargs)
+    return model, reuse_spaformer(model, adata)
+
+
 def training_summary(model: SpaFormer) -> dict[str, Any]:
     """Final losses and epochs of a trained model, for ``uns['scfound']``."""
     history = model.history or {}
