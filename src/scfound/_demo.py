@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> None:
 
     h5ad = out / "osmfish_spaformer.h5ad"
     adata.write_h5ad(h5ad)
-    scores = sf.metrics.per_gene_scores(truth, adata.layers["spaformer_imputed"], mask)
+    scores = sf.metrics.per_gene_scores(
+        truth, adata.layers["spaformer_imputed"], mask, gene_names=adata.var_names
+    )
     genes = scores.sort_values("pcc", ascending=False).index[:3].tolist()
     png = out / "osmfish_spaformer.png"
     sf.pl.imputed_genes(
