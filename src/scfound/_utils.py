@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
@@ -63,6 +64,12 @@ def check_expression(
     integer
         Require integer values (for count likelihoods such as ZINB).
     """
+    if not (sp.issparse(X) or isinstance(X, np.ndarray)) and hasattr(X, "shape"):
+        # on-disk (backed) matrix: check it block by block without loading it
+        step = 10_000
+        for start in range(0, X.shape[0], step):
+            check_expression(X[start : start + step], name, counts=counts, integer=integer)
+        return
     values = X.data if sp.issparse(X) else np.asarray(X)
     if values.size == 0:
         return
@@ -136,3 +143,27 @@ def _uns_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _uns_safe(v) for k, v in value.items()}
     return str(value)
+
+
+def check_groups(adata: AnnData, group_key: str) -> None:
+    """Every group of ``obs[group_key]`` must hold at least two cells."""
+    values = get_obs_column(adata, group_key)
+    col = adata.obs[group_key]
+    counts = (
+        col.value_counts()
+        if isinstance(col.dtype, pd.CategoricalDtype)
+        else pd.Series(values).value_counts()
+    )
+    empty = counts.index[counts == 0].tolist()
+    if empty:
+        raise ValueError(
+            f"adata.obs[{group_key!r}] has empty groups {empty[:5]}; drop them with "
+            f"adata.obs[{group_key!r}] = adata.obs[{group_key!r}].cat.remove_unused_categories()."
+        )
+    single = counts.index[counts == 1].tolist()
+    if single:
+        raise ValueError(
+            f"adata.obs[{group_key!r}] has {len(single)} group(s) with a single cell "
+            f"(e.g. {single[:5]}); a cell needs other cells of its group as context. Merge them "
+            "into neighbouring groups (e.g. scfound.pp.spatial_tiles(..., min_cells=...))."
+        )

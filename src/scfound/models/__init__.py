@@ -1,5 +1,6 @@
 """scvi-tools models, one folder per method."""
 
+from .cellplm import CellPLM
 from .spaformer import SpaFormer, SpaFormerModule
 
-__all__ = ["SpaFormer", "SpaFormerModule"]
+__all__ = ["CellPLM", "SpaFormer", "SpaFormerModule"]

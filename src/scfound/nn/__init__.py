@@ -1,7 +1,8 @@
 """Shared torch building blocks: linear attention, positional encodings, graph layers, decoders."""
 
 from ._attention import LinearAttention, TransformerEncoder, TransformerLayer
-from ._decoders import MLPDecoder, ZINBDecoder, zinb_nll
+from ._decoders import MLPDecoder, ZINBDecoder, nb_nll, zinb_nll
+from ._flowformer import FlowAttention, FlowformerEncoder, FlowformerLayer, flow_attention
 from ._graph import GATConv, GATEncoder, GINConv, knn_graph, laplacian_eigenvectors, random_walk_pe
 from ._positional import (
     POSITIONAL_ENCODINGS,
@@ -13,6 +14,9 @@ from ._positional import (
 
 __all__ = [
     "POSITIONAL_ENCODINGS",
+    "FlowAttention",
+    "FlowformerEncoder",
+    "FlowformerLayer",
     "GATConv",
     "GATEncoder",
     "GINConv",
@@ -22,8 +26,10 @@ __all__ = [
     "TransformerEncoder",
     "TransformerLayer",
     "ZINBDecoder",
+    "flow_attention",
     "knn_graph",
     "laplacian_eigenvectors",
+    "nb_nll",
     "normalize_coords",
     "positional_encoding",
     "random_walk_pe",

@@ -57,15 +57,23 @@ def zinb_nll(
     """Element-wise negative log-likelihood of counts ``x`` under ZINB(mu, theta, pi) (Eq. 19)."""
     log_theta_mu = torch.log(theta + mu + eps)
     nb_zero = theta * (torch.log(theta + eps) - log_theta_mu)  # log NB(0)
-    log_nb = (
-        torch.lgamma(x + theta)
-        - torch.lgamma(theta)
-        - torch.lgamma(x + 1)
-        + nb_zero
-        + x * (torch.log(mu + eps) - log_theta_mu)
-    )
+    log_nb = -nb_nll(x, mu, theta, eps)
     # log pi = -softplus(-l); log(1 - pi) = -softplus(l)
     log_pi, log_1m_pi = -F.softplus(-pi_logit), -F.softplus(pi_logit)
     ll_zero = torch.logaddexp(log_pi, log_1m_pi + nb_zero)
     ll = torch.where(x < 0.5, ll_zero, log_1m_pi + log_nb)
     return -ll
+
+
+def nb_nll(
+    x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """Element-wise negative log-likelihood of counts ``x`` under NB(mean ``mu``, inverse dispersion ``theta``)."""
+    log_theta_mu = torch.log(theta + mu + eps)
+    return -(
+        torch.lgamma(x + theta)
+        - torch.lgamma(theta)
+        - torch.lgamma(x + 1)
+        + theta * (torch.log(theta + eps) - log_theta_mu)
+        + x * (torch.log(mu + eps) - log_theta_mu)
+    )

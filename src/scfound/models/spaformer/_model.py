@@ -15,7 +15,7 @@ from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainingPlan, TrainRunner
 
-from scfound._utils import check_expression, get_matrix, get_obs_column, get_spatial, layer_name
+from scfound._utils import check_expression, check_groups, get_matrix, get_spatial, layer_name
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 from scfound.nn import (
     POSITIONAL_ENCODINGS,
@@ -221,7 +221,7 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
         check_expression(get_matrix(adata, layer), layer_name(layer))
         get_spatial(adata, spatial_key)
         if group_key is not None:
-            _check_groups(adata, group_key)
+            check_groups(adata, group_key)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             ObsmField(SPATIAL_KEY, spatial_key),
@@ -428,29 +428,3 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
             edges = knn_graph(torch.from_numpy(coords[cells]), self.module.n_neighbors).numpy()
             out[cells] = GRAPH_FEATURES[feature](edges, len(cells), n_feat)
         return {PE_FEATURES_KEY: out}
-
-
-def _check_groups(adata: AnnData, group_key: str) -> None:
-    """Every group of ``obs[group_key]`` must hold at least two cells."""
-    import pandas as pd
-
-    values = get_obs_column(adata, group_key)
-    col = adata.obs[group_key]
-    counts = (
-        col.value_counts()
-        if isinstance(col.dtype, pd.CategoricalDtype)
-        else pd.Series(values).value_counts()
-    )
-    empty = counts.index[counts == 0].tolist()
-    if empty:
-        raise ValueError(
-            f"adata.obs[{group_key!r}] has empty groups {empty[:5]}; drop them with "
-            f"adata.obs[{group_key!r}] = adata.obs[{group_key!r}].cat.remove_unused_categories()."
-        )
-    single = counts.index[counts == 1].tolist()
-    if single:
-        raise ValueError(
-            f"adata.obs[{group_key!r}] has {len(single)} group(s) with a single cell "
-            f"(e.g. {single[:5]}); a cell needs other cells of its group as context. Merge them "
-            "into neighbouring groups (e.g. scfound.pp.spatial_tiles(..., min_cells=...))."
-        )

@@ -1,0 +1,671 @@
+"""CellPLM: a pre-trained cell language model (cells are tokens, tissues are sentences)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import (
+    CategoricalObsField,
+    LabelsWithUnlabeledObsField,
+    LayerField,
+    ObsmField,
+)
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainingPlan, TrainRunner
+
+from scfound._utils import check_expression, check_groups, get_matrix, layer_name
+from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
+
+from .._base import SafeSaveMixin
+from ._module import DATASET_KEY, SPATIAL_KEY, CellPLMModule
+
+logger = logging.getLogger(__name__)
+
+#: cells of one sample encoded together at inference (larger samples are cut in strided chunks)
+INFERENCE_MAX_CELLS = 50_000
+
+
+def map_genes(
+    genes: Sequence[str], vocabulary: Sequence[str], drop_unknown_genes: bool = False
+) -> np.ndarray:
+    """Vocabulary index of each gene (``-1`` for genes dropped as unknown).
+
+    Raises
+    ------
+    ValueError
+        If a gene is not in the vocabulary (unless ``drop_unknown_genes``), or none is.
+
+    """
+    lookup = {g: i for i, g in enumerate(vocabulary)}
+    index = np.array([lookup.get(str(g), -1) for g in genes], dtype=np.int64)
+    unknown = [str(g) for g, i in zip(genes, index, strict=True) if i < 0]
+    if len(unknown) == len(genes):
+        raise ValueError(
+            f"none of the {len(genes)} genes is in the model's vocabulary of {len(vocabulary)} "
+            f"genes (data: {list(genes[:3])}, vocabulary: {list(vocabulary[:3])}); pass "
+            "`gene_key=` naming an adata.var column with the vocabulary's identifiers."
+        )
+    if unknown and not drop_unknown_genes:
+        raise ValueError(
+            f"{len(unknown)} of {len(genes)} genes are not in the model's vocabulary "
+            f"(e.g. {unknown[:10]}); pass drop_unknown_genes=True to ignore them."
+        )
+    if unknown:
+        logger.warning(
+            "%d of %d genes are not in the vocabulary and are ignored (e.g. %s).",
+            len(unknown),
+            len(genes),
+            unknown[:10],
+        )
+    return index
+
+
+class CellPLM(SafeSaveMixin, BaseModelClass):
+    """CellPLM: single-cell pre-trained language model with cells as tokens.
+
+    Wen et al. (2024), *CellPLM: Pre-training of Cell Language Model Beyond Single Cells* (ICLR).
+    A tissue sample (scRNA-seq) or field of view (spatial) is a sentence whose tokens are its cells.
+    Each cell is embedded as the expression-weighted sum of learned gene embeddings (so any gene
+    panel can be read), plus a 2-D sinusoid positional encoding for spatial cells and a learned
+    token for the others; a Flowformer (linear attention) encodes all cells of the sample together;
+    a Gaussian-mixture latent space and a batch-aware decoder reconstruct masked expression. One
+    model trains on a corpus of datasets with different gene panels: each cell contributes only the
+    genes its dataset measured.
+
+    Differences from the authors' package (``cellplm`` 0.1), on purpose:
+
+    * the spatial positional encoding is used (the released embedder hard-wires it to 0);
+      :meth:`load_pretrained` turns it off because their checkpoint was trained without it;
+    * zero-shot embeddings are deterministic (most probable mixture component, posterior mean);
+      the released code samples a component on every call (``stochastic_embedding=True``);
+    * pre-training code is included and runs through scvi-tools/Lightning (DDP, backed h5ad);
+    * any count matrix (dense, CSR, CSC, backed) is accepted; genes are mapped offline by a
+      ``var`` column (no web query); checkpoints load with ``weights_only=True`` and every
+      parameter or gene that does not match is reported, not silently dropped;
+    * the decoder mixes unseen batches by the mean of the batch embeddings (the paper), not
+      their sum (``covariate_mixture="sum"`` reproduces the release).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata`.
+    registry
+        Registry of a saved model (used by :meth:`load`).
+    vocabulary
+        Gene vocabulary of the model; default the genes of ``adata`` (``var_names`` or
+        ``var[gene_key]``).
+    gene_key
+        Column of ``adata.var`` with the gene identifiers of the vocabulary (default ``var_names``).
+    drop_unknown_genes
+        Ignore genes of ``adata`` that are not in ``vocabulary`` instead of raising.
+    n_hidden, n_layers, n_heads, n_latent, n_clusters, n_decoder_hidden, n_decoder_layers
+        Architecture (paper: 1024, 4, 8, 512, 16, 1024, 2).
+    n_batch, n_dataset
+        Decoder embedding table sizes (default: the registered samples and datasets).
+    likelihood
+        ``"mse"`` on log-normalised values (paper) or ``"nb"`` on counts (released code).
+    input_transform
+        ``"normalize_log1p"`` (paper) or ``"log1p"`` of raw counts (released code).
+    target_sum
+        Library size of the normalisation (1e4).
+    dropout, norm
+        Dropout (0.2) and the embedder/decoder normalisation (``"groupnorm"``).
+    spatial_pe
+        Use the spatial positional encoding.
+    cell_mask_rate, gene_mask_rate, mask_beta, drop_node_rate
+        Masking (0.75 / 0.25; ``mask_beta`` draws each cell's gene rate from Beta(5, 13) as the
+        released code) and DropNode (0.3).
+    use_covariates
+        Decode with each cell's own sample/dataset embedding (models trained on this data);
+        ``False`` uses the mixture (transferred and pre-trained models).
+    covariate_mixture
+        ``"mean"`` (paper) or ``"sum"`` (released code) of the embeddings for unseen samples.
+    stochastic_embedding
+        Reproduce the released code's random inference (for parity checks).
+    classification_weight, reconstruction_weight
+        Loss weights of the annotation head and of the reconstruction.
+    max_cells
+        Cap on the cells of one training step (samples above it are cut into random chunks).
+
+    Examples
+    --------
+    >>> import scfound as sf
+    >>> sf.CellPLM.setup_anndata(corpus, layer="counts", sample_key="sample", dataset_key="dataset")
+    >>> model = sf.CellPLM(corpus, n_hidden=256, n_layers=2, n_latent=64)
+    >>> model.train(max_epochs=50)
+    >>> query.obsm["X_cellplm"] = sf.CellPLM.from_model(model, query).get_latent_representation()
+
+    """
+
+    _module_cls = CellPLMModule
+    _data_splitter_cls = GroupDataSplitter
+    _training_plan_cls = TrainingPlan
+    _train_runner_cls = TrainRunner
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        vocabulary: Sequence[str] | None = None,
+        gene_key: str | None = None,
+        drop_unknown_genes: bool = False,
+        n_hidden: int = 1024,
+        n_layers: int = 4,
+        n_heads: int = 8,
+        n_latent: int = 512,
+        n_clusters: int = 16,
+        n_decoder_hidden: int = 1024,
+        n_decoder_layers: int = 2,
+        n_batch: int | None = None,
+        n_dataset: int | None = None,
+        likelihood: Literal["mse", "nb"] = "mse",
+        input_transform: Literal["normalize_log1p", "log1p"] = "normalize_log1p",
+        target_sum: float = 1e4,
+        dropout: float = 0.2,
+        norm: str = "groupnorm",
+        spatial_pe: bool = True,
+        cell_mask_rate: float = 0.75,
+        gene_mask_rate: float = 0.25,
+        mask_beta: bool = False,
+        drop_node_rate: float = 0.3,
+        use_covariates: bool = True,
+        covariate_mixture: Literal["mean", "sum"] = "mean",
+        stochastic_embedding: bool = False,
+        classification_weight: float = 1.0,
+        reconstruction_weight: float = 1.0,
+        max_cells: int | None = 4000,
+    ):
+        super().__init__(adata, registry)
+        for name, rate in [("cell_mask_rate", cell_mask_rate), ("gene_mask_rate", gene_mask_rate)]:
+            if not 0 <= rate < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {rate}.")
+        if not 0 <= drop_node_rate < 1:
+            raise ValueError(f"drop_node_rate must be in [0, 1), got {drop_node_rate}.")
+        genes = self._gene_names(self.adata, gene_key)
+        vocabulary = list(genes) if vocabulary is None else [str(g) for g in vocabulary]
+        self.vocabulary = vocabulary
+        self.gene_key = gene_key
+        input_genes = map_genes(genes, vocabulary, drop_unknown_genes)
+        if likelihood == "nb":
+            check_expression(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+                "the registered counts (likelihood='nb')",
+                integer=True,
+            )
+        n_labels = self._n_labels()
+        self.max_cells = max_cells
+        self.module = self._module_cls(
+            n_vocab=len(vocabulary),
+            input_genes=torch.from_numpy(input_genes),
+            measured=torch.from_numpy(self._measured()),
+            n_hidden=n_hidden,
+            n_layers=n_layers,
+            n_heads=n_heads,
+            n_latent=n_latent,
+            n_clusters=n_clusters,
+            n_decoder_hidden=n_decoder_hidden,
+            n_decoder_layers=n_decoder_layers,
+            n_batch=self.summary_stats.n_batch if n_batch is None else n_batch,
+            n_dataset=self._n_datasets() if n_dataset is None else n_dataset,
+            n_labels=n_labels,
+            likelihood=likelihood,
+            input_transform=input_transform,
+            target_sum=target_sum,
+            dropout=dropout,
+            norm=norm,
+            spatial_pe=spatial_pe,
+            cell_mask_rate=cell_mask_rate,
+            gene_mask_rate=gene_mask_rate,
+            mask_beta=mask_beta,
+            drop_node_rate=drop_node_rate,
+            use_covariates=use_covariates,
+            covariate_mixture=covariate_mixture,
+            stochastic_embedding=stochastic_embedding,
+            classification_weight=classification_weight,
+            reconstruction_weight=reconstruction_weight,
+        )
+        n_params = sum(p.numel() for p in self.module.parameters())
+        self._model_summary_string = (
+            f"CellPLM: {len(vocabulary)} genes in the vocabulary ({int((input_genes >= 0).sum())} "
+            f"in the data), n_hidden={n_hidden}, n_layers={n_layers}, n_latent={n_latent}, "
+            f"n_clusters={n_clusters}, likelihood={likelihood}, {n_params / 1e6:.1f}M parameters"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        sample_key: str | None = None,
+        dataset_key: str | None = None,
+        spatial_key: str | None = None,
+        labels_key: str | None = None,
+        unlabeled_category: str = "unknown",
+        measured_key: str = "measured",
+        **kwargs,
+    ) -> None:
+        """Register an AnnData (or a corpus of datasets concatenated into one) with CellPLM.
+
+        Parameters
+        ----------
+        adata
+            Cells x genes with counts; may be backed (``anndata.read_h5ad(path, backed="r")``).
+        layer
+            Layer with non-negative counts; ``None`` uses ``.X``.
+        sample_key
+            Column of ``adata.obs`` with the tissue sample / FOV of each cell: a sample is one
+            sentence (its cells attend to each other) and one decoder batch. ``None``: the whole
+            AnnData is one sample.
+        dataset_key
+            Column of ``adata.obs`` with the dataset of each cell (for corpora of datasets with
+            different gene panels, see :func:`scfound.pp.build_corpus`).
+        spatial_key
+            Key of ``(n_obs, 2)`` coordinates in ``adata.obsm``; rows with NaN are non-spatial cells.
+        labels_key, unlabeled_category
+            Cell-type labels for annotation; cells with ``unlabeled_category`` are not used by the
+            classification loss.
+        measured_key
+            Key of a genes x datasets boolean table in ``adata.varm`` (columns named by the
+            datasets) telling which genes each dataset measured; absent: every gene is measured.
+        **kwargs
+            Internal: ``source_registry`` when a saved model is loaded.
+
+        """
+        setup_method_args = cls._get_setup_method_args(**locals())
+        check_expression(get_matrix(adata, layer), layer_name(layer))
+        if sample_key is not None:
+            check_groups(adata, sample_key)
+        elif adata.n_obs < 2:
+            raise ValueError("a sample of one cell has no context; CellPLM needs at least 2 cells.")
+        if spatial_key is not None and spatial_key not in adata.obsm:
+            raise KeyError(
+                f"spatial coordinates adata.obsm[{spatial_key!r}] not found "
+                f"(obsm has {list(adata.obsm.keys())})."
+            )
+        if labels_key is not None and labels_key not in adata.obs:
+            raise KeyError(
+                f"labels column {labels_key!r} not found in adata.obs "
+                f"(columns: {list(adata.obs.columns)})."
+            )
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, sample_key),
+            CategoricalObsField(DATASET_KEY, dataset_key),
+        ]
+        if spatial_key is not None:
+            anndata_fields.append(ObsmField(SPATIAL_KEY, spatial_key))
+        if labels_key is not None:
+            anndata_fields.append(
+                LabelsWithUnlabeledObsField(
+                    REGISTRY_KEYS.LABELS_KEY, labels_key, unlabeled_category
+                )
+            )
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        adata_manager.register_fields(adata, **kwargs)
+        cls.register_manager(adata_manager)
+
+    # ----------------------------------------------------------------- transfer
+    @classmethod
+    def from_model(
+        cls,
+        model: CellPLM,
+        adata: AnnData,
+        *,
+        gene_key: str | None = None,
+        drop_unknown_genes: bool = False,
+        **overrides,
+    ) -> CellPLM:
+        """Carry a trained CellPLM over to new data (zero-shot use or fine-tuning).
+
+        The new model has the same vocabulary and weights; ``adata`` (registered with
+        :meth:`setup_anndata`) may hold any subset of the vocabulary's genes. Its samples are new
+        to the decoder, which therefore uses the mixture of the pre-training batch embeddings. A
+        new annotation head is created when ``adata`` was registered with ``labels_key``.
+
+        Parameters
+        ----------
+        model
+            Trained model.
+        adata
+            New data, registered with :meth:`setup_anndata`.
+        gene_key, drop_unknown_genes
+            See :class:`CellPLM`.
+        **overrides
+            Settings to change (e.g. ``drop_node_rate``, ``cell_mask_rate``, ``dropout``).
+
+        """
+        params = dict(model.init_params_["non_kwargs"])
+        for key in ("vocabulary", "gene_key", "drop_unknown_genes"):
+            params.pop(key, None)
+        params.update(
+            n_batch=model.module.decoder.n_covariates["batch"],
+            n_dataset=model.module.decoder.n_covariates["dataset"],
+            use_covariates=False,
+        )
+        params.update(overrides)
+        new = cls(
+            adata,
+            vocabulary=model.vocabulary,
+            gene_key=gene_key,
+            drop_unknown_genes=drop_unknown_genes,
+            **params,
+        )
+        state = {
+            k: v for k, v in model.module.state_dict().items() if not k.startswith("classifier")
+        }
+        new.module.load_state_dict(state, strict=False)
+        new.is_trained_ = model.is_trained_
+        return new
+
+    @classmethod
+    def load_pretrained(
+        cls,
+        path: str,
+        adata: AnnData,
+        *,
+        gene_key: str | None = None,
+        drop_unknown_genes: bool = True,
+        **overrides,
+    ) -> CellPLM:
+        """Load a checkpoint in the authors' layout (``{prefix}.config.json`` + ``.best.ckpt``).
+
+        Parameters
+        ----------
+        path
+            Checkpoint prefix, e.g. ``"ckpt/20231027_85M"`` (``.config.json`` and
+            ``.best.ckpt`` are appended), or the path of either file.
+        adata
+            Data registered with :meth:`setup_anndata`, with raw counts.
+        gene_key
+            Column of ``adata.var`` with the checkpoint's gene identifiers (Ensembl IDs for the
+            released checkpoints); default ``var_names``. Nothing is looked up online.
+        drop_unknown_genes
+            Ignore genes that are not in the checkpoint's vocabulary (they are reported).
+        **overrides
+            Settings to change (e.g. ``stochastic_embedding=True`` for the released behaviour).
+
+        Returns
+        -------
+        The model, with ``pretrained_report_`` listing unmatched parameters and genes.
+
+        """
+        from ._pretrained import load_authors_checkpoint
+
+        return load_authors_checkpoint(
+            cls, path, adata, gene_key=gene_key, drop_unknown_genes=drop_unknown_genes, **overrides
+        )
+
+    # -------------------------------------------------------------- training
+    def train(
+        self,
+        max_epochs: int = 100,
+        *,
+        lr: float = 2e-4,
+        weight_decay: float = 1e-8,
+        train_size: float = 1.0,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        early_stopping_patience: int = 10,
+        gradient_clip_val: float = 2.0,
+        n_steps_kl_warmup: int | None = 1000,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str = "auto",
+        seed: int = 0,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Pre-train or fine-tune with scvi-tools' :class:`~scvi.train.TrainingPlan` and Lightning.
+
+        One step is one sample (or a random chunk of at most ``max_cells`` of its cells).
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over all training samples.
+        lr, weight_decay
+            AdamW settings (paper 2e-4 / 1e-8).
+        train_size, validation_size
+            Fractions of **samples** for training and validation.
+        early_stopping, early_stopping_patience
+            Stop on ``validation_loss`` (needs ``train_size < 1``).
+        gradient_clip_val
+            Gradient-norm clipping.
+        n_steps_kl_warmup
+            Steps of linear warm-up of the latent KL weight (0 to 1).
+        accelerator, devices, strategy
+            Passed to Lightning; ``strategy="ddp"`` with several devices shards the samples of each
+            epoch across processes.
+        seed
+            Seed of the split, shuffling and masking.
+        datasplitter_kwargs, plan_kwargs
+            Extra arguments of :class:`~scfound.data.GroupDataSplitter` and of the training plan.
+        **trainer_kwargs
+            Passed to :class:`~scvi.train.Trainer`.
+
+        """
+        if early_stopping and train_size >= 1:
+            raise ValueError("early_stopping needs validation samples: pass train_size < 1.")
+        torch.manual_seed(seed)
+        distributed = "ddp" in str(strategy)
+        splitter = self._data_splitter_cls(
+            self.adata_manager,
+            self._sample_codes(),
+            train_size=train_size,
+            validation_size=validation_size,
+            max_cells=self.max_cells,
+            seed=seed,
+            distributed_sampler=distributed,
+            **(datasplitter_kwargs or {}),
+        )
+        plan_defaults = {
+            "optimizer": "AdamW",
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "n_steps_kl_warmup": n_steps_kl_warmup,
+            "n_epochs_kl_warmup": None,
+        }
+        plan = self._training_plan_cls(self.module, **{**plan_defaults, **(plan_kwargs or {})})
+        if splitter.n_val > 0:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        trainer_kwargs.setdefault("enable_progress_bar", False)
+        trainer_kwargs.setdefault("log_every_n_steps", 1)
+        if distributed:
+            trainer_kwargs.setdefault("use_distributed_sampler", False)
+        self.module.train()
+        runner = self._train_runner_cls(
+            self,
+            training_plan=plan,
+            data_splitter=splitter,
+            max_epochs=max_epochs,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            gradient_clip_val=gradient_clip_val,
+            **trainer_kwargs,
+        )
+        runner()
+        self.module.eval()
+
+    # ------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def _predict(
+        self,
+        adata: AnnData | None,
+        fn: Callable[[dict, dict], torch.Tensor],
+        max_cells: int | None = INFERENCE_MAX_CELLS,
+        decode: bool = True,
+    ) -> np.ndarray:
+        """Run ``fn(tensors, outputs)`` sample by sample; results in the cell order of ``adata``."""
+        adata = self._validate_anndata(adata)
+        manager = self.get_anndata_manager(adata, required=True)
+        self.module.eval()
+        out = None
+        for tensors in group_loader(manager, self._sample_codes(manager), max_cells=max_cells):
+            inf = self.module.inference(
+                **self.module._get_inference_input(tensors), mask_input=False
+            )
+            if decode:
+                inf.update(
+                    self.module.generative(**self.module._get_generative_input(tensors, inf))
+                )
+            values = fn(tensors, inf).detach().float().cpu().numpy()
+            if out is None:
+                out = np.empty((adata.n_obs, values.shape[1]), dtype=np.float32)
+            out[tensors[CELL_INDEX_KEY].numpy()] = values
+        return out
+
+    def get_latent_representation(
+        self, adata: AnnData | None = None, max_cells: int | None = INFERENCE_MAX_CELLS
+    ) -> np.ndarray:
+        """Cell embeddings (posterior means), ``(n_obs, n_latent)``; deterministic by default.
+
+        Parameters
+        ----------
+        adata
+            Data registered with :meth:`setup_anndata` (default: the model's).
+        max_cells
+            Cells of one sample encoded together; larger samples are cut in fixed chunks.
+
+        """
+        return self._predict(adata, lambda t, out: out["qz_m"], max_cells, decode=False)
+
+    def get_denoised_expression(
+        self,
+        adata: AnnData | None = None,
+        *,
+        scale: Literal["log1p", "counts"] = "log1p",
+        max_cells: int | None = INFERENCE_MAX_CELLS,
+    ) -> np.ndarray:
+        """Reconstructed expression of every cell at every registered gene, ``(n_obs, n_vars)``.
+
+        For a corpus that joins a spatial panel with a scRNA-seq reference, the spatial cells'
+        values at genes only the reference measured are their imputation. Genes outside the
+        vocabulary are NaN.
+
+        Parameters
+        ----------
+        adata
+            Data registered with :meth:`setup_anndata` (default: the model's).
+        scale
+            ``"log1p"``: log-normalised (library ``target_sum``); ``"counts"``: expected counts
+            at each cell's observed library size.
+        max_cells
+            Cells of one sample decoded together.
+
+        """
+        if scale not in ("log1p", "counts"):
+            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+        module = self.module
+
+        def denoise(tensors, out):
+            px = out["px"]
+            if module.likelihood == "nb":
+                rate = torch.exp(px).clamp(1e-5, 1e6)
+                frac = rate / rate.sum(-1, keepdim=True)
+            else:
+                frac = torch.expm1(px.clamp_min(0))
+                frac = frac / frac.sum(-1, keepdim=True).clamp_min(1e-8)
+            if scale == "log1p":
+                return torch.log1p(frac * module.target_sum)
+            return frac * out["counts"].sum(-1, keepdim=True)
+
+        values = self._predict(adata, denoise, max_cells)
+        adata = self._validate_anndata(adata)
+        full = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
+        full[:, module.columns.cpu().numpy()] = values
+        return full
+
+    def predict(
+        self,
+        adata: AnnData | None = None,
+        *,
+        soft: bool = False,
+        max_cells: int | None = INFERENCE_MAX_CELLS,
+    ) -> np.ndarray | pd.DataFrame:
+        """Cell-type predictions of the annotation head (labels, or probabilities with ``soft``)."""
+        if self.module.classifier is None:
+            raise ValueError(
+                "this model has no annotation head: register the data with `labels_key=` and "
+                "fine-tune it (scfound.tl.annotate does both)."
+            )
+        probs = self._predict(
+            adata,
+            lambda t, out: torch.softmax(self.module.classifier(out["qz_m"]), -1),
+            max_cells,
+            decode=False,
+        )
+        classes = self._label_categories()
+        if soft:
+            adata = self._validate_anndata(adata)
+            return pd.DataFrame(probs, index=adata.obs_names, columns=classes)
+        return np.asarray(classes)[probs.argmax(1)]
+
+    # ----------------------------------------------------------------- utils
+    @staticmethod
+    def _gene_names(adata: AnnData | None, gene_key: str | None) -> list[str]:
+        if adata is None:
+            raise ValueError("CellPLM needs an AnnData registered with setup_anndata.")
+        if gene_key is None:
+            return adata.var_names.astype(str).tolist()
+        if gene_key not in adata.var:
+            raise KeyError(
+                f"gene_key {gene_key!r} not found in adata.var (columns: {list(adata.var.columns)})."
+            )
+        return adata.var[gene_key].astype(str).tolist()
+
+    def _sample_codes(self, manager: AnnDataManager | None = None) -> np.ndarray:
+        manager = manager or self.adata_manager
+        return np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+
+    def _dataset_categories(self) -> list[str]:
+        mapping = self.adata_manager.get_state_registry(DATASET_KEY).categorical_mapping
+        return [str(c) for c in mapping]
+
+    def _n_datasets(self) -> int:
+        return len(self._dataset_categories())
+
+    def _label_categories(self) -> list[str]:
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.LABELS_KEY)
+        unlabeled = state.unlabeled_category
+        return [str(c) for c in state.categorical_mapping if c != unlabeled]
+
+    def _n_labels(self) -> int:
+        if REGISTRY_KEYS.LABELS_KEY not in self.adata_manager.data_registry:
+            return 0
+        return len(self._label_categories())
+
+    def _measured(self) -> np.ndarray:
+        """``(n_datasets, n_vars)`` table of the genes each registered dataset measured."""
+        key = self.adata_manager.registry["setup_args"].get("measured_key", "measured")
+        datasets = self._dataset_categories()
+        if key not in self.adata.varm:
+            return np.ones((1, self.adata.n_vars), dtype=bool)
+        table = self.adata.varm[key]
+        if not isinstance(table, pd.DataFrame):
+            raise ValueError(
+                f"adata.varm[{key!r}] must be a DataFrame with one column per dataset."
+            )
+        if len(datasets) == 1 and datasets[0] not in table.columns:
+            return np.ones((1, self.adata.n_vars), dtype=bool)
+        missing = [d for d in datasets if d not in table.columns]
+        if missing:
+            raise ValueError(
+                f"adata.varm[{key!r}] has no column for datasets {missing[:5]} "
+                f"(columns: {list(table.columns)[:5]})."
+            )
+        return np.stack([table[d].to_numpy(dtype=bool) for d in datasets])
