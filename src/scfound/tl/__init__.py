@@ -1,6 +1,7 @@
 """One-call tools: train (or reuse) a model and write its results into the AnnData."""
 
+from ._cellplm_tools import annotate, denoise
 from ._embed import embed
 from ._impute import impute
 
-__all__ = ["embed", "impute"]
+__all__ = ["annotate", "denoise", "embed", "impute"]

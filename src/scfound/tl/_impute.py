@@ -7,22 +7,28 @@ from typing import Any, Literal
 from anndata import AnnData
 
 from scfound._utils import record
-from scfound.models import SpaFormer
+from scfound.models import CellPLM, SpaFormer
 
+from ._cellplm import training_summary as cellplm_summary
 from ._spaformer import spaformer_for, training_summary
 
-METHODS = ("spaformer",)
+METHODS = ("spaformer", "cellplm")
 
 
 def impute(
     adata: AnnData,
-    method: Literal["spaformer"] | None = None,
+    method: Literal["spaformer", "cellplm"] | None = None,
     *,
+    reference: AnnData | None = None,
+    genes: list[str] | None = None,
     layer: str | None = None,
+    reference_layer: str | None = None,
     spatial_key: str = "spatial",
     group_key: str | None = None,
     batch_key: str | None = None,
-    model: SpaFormer | None = None,
+    reference_sample_key: str | None = None,
+    gene_key: str | None = None,
+    model: SpaFormer | CellPLM | str | None = None,
     key_added: str | None = None,
     keep_observed: bool = False,
     max_epochs: int = 200,
@@ -31,11 +37,17 @@ def impute(
     seed: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
-    """Impute expression with a deep model and write it into ``adata.layers``.
+    """Impute expression with a deep model and write it into ``adata``.
 
     With ``method="spaformer"`` (the default for data with spatial coordinates), a
     :class:`~scfound.SpaFormer` is trained on ``adata`` with its default settings (unless a trained
     ``model`` is given), and every cell is reconstructed in the context of its field of view.
+
+    With ``method="cellplm"`` (the default when a ``reference`` is given), genes that a spatial
+    panel lacks are imputed from a scRNA-seq ``reference`` of the same tissue: both are joined in
+    one corpus (each scored only on the genes it measured), a :class:`~scfound.CellPLM` is
+    fine-tuned on it (or trained from scratch when ``model`` is None), and the spatial cells'
+    decoded values at the reference-only genes are written to ``obsm[key_added]``.
 
     Parameters
     ----------
@@ -43,21 +55,31 @@ def impute(
         Cells x genes with counts in ``layer`` (or ``.X``) and coordinates in
         ``obsm[spatial_key]``.
     method
-        ``"spaformer"``; ``None`` picks SpaFormer when ``obsm[spatial_key]`` exists.
-    layer
-        Layer with the counts; ``None`` uses ``.X``.
+        ``"spaformer"`` or ``"cellplm"``; ``None`` picks CellPLM when a ``reference`` is given,
+        SpaFormer when ``obsm[spatial_key]`` exists.
+    reference
+        CellPLM: scRNA-seq AnnData with raw counts that measures the genes to impute.
+    genes
+        CellPLM: genes to impute (default every reference gene ``adata`` lacks).
+    layer, reference_layer
+        Layers with the counts of ``adata`` and ``reference``; ``None`` uses ``.X``.
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     group_key
-        Column of ``adata.obs`` with fields of view. ``None`` cuts the section into square tiles of
+        Column of ``adata.obs`` with fields of view (for CellPLM: the samples/sentences). ``None`` cuts the section into square tiles of
         about 500 cells (kept internally; ``adata.obs`` is not changed).
     batch_key
         Optional batch column of ``adata.obs``.
+    reference_sample_key
+        CellPLM: column of ``reference.obs`` with its samples.
+    gene_key
+        CellPLM: column of ``var`` (of both objects) with gene identifiers to match on.
     model
-        A trained :class:`~scfound.SpaFormer` to apply instead of training one; ``adata`` must
-        hold the genes, layer and keys it was set up with.
+        A trained :class:`~scfound.SpaFormer` to apply instead of training one (``adata`` must
+        hold the genes, layer and keys it was set up with); for CellPLM a pre-trained
+        :class:`~scfound.CellPLM` or the prefix of an authors' checkpoint to fine-tune.
     key_added
-        Layer to write; default ``"spaformer_imputed"``.
+        Layer (SpaFormer) or ``obsm`` key (CellPLM) to write; default ``"<method>_imputed"``.
     keep_observed
         Keep non-zero observed counts and impute zeros only; default replaces every entry by the
         model's reconstruction (denoised values). Either way the layer is on the count scale of
@@ -75,12 +97,54 @@ def impute(
     -------
     ``None``, or the modified copy when ``copy=True``. Writes
 
-    * ``adata.layers[key_added]``: imputed expression, float32, cells x genes;
+    * SpaFormer: ``adata.layers[key_added]``, imputed expression, float32, cells x genes;
+    * CellPLM: ``adata.obsm[key_added]``, a DataFrame (cells x imputed genes) of log-normalised
+      values (library 1e4, ``log1p``); ``sc.AnnData(adata.obsm[key_added])`` plots it with scanpy;
     * ``adata.uns['scfound']['impute']``: the parameters of the run and final training losses.
     """
+    if method is None and reference is not None:
+        method = "cellplm"
     method = _resolve_method(adata, method, spatial_key)
     adata = adata.copy() if copy else adata
     key_added = key_added or f"{method}_imputed"
+    if method == "cellplm":
+        from ._cellplm_tools import impute_cellplm
+
+        if reference is None:
+            raise ValueError(
+                "method='cellplm' imputes genes from a `reference`; to denoise the measured genes "
+                "use scfound.tl.denoise."
+            )
+        fitted = impute_cellplm(
+            adata,
+            reference,
+            genes=genes,
+            key_added=key_added,
+            layer=layer,
+            reference_layer=reference_layer,
+            sample_key=group_key,
+            reference_sample_key=reference_sample_key,
+            spatial_key=spatial_key if spatial_key in adata.obsm else None,
+            gene_key=gene_key,
+            model=model,
+            max_epochs=max_epochs,
+            model_kwargs=model_kwargs,
+            train_kwargs=train_kwargs,
+            seed=seed,
+        )
+        record(
+            adata,
+            "impute",
+            {
+                "method": method,
+                "key_added": key_added,
+                "n_genes": adata.obsm[key_added].shape[1],
+                "max_epochs": max_epochs,
+                "model": fitted._model_summary_string,
+                **cellplm_summary(fitted),
+            },
+        )
+        return adata if copy else None
     model, small = spaformer_for(
         adata,
         model,

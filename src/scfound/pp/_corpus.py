@@ -1,0 +1,113 @@
+"""Join datasets with different gene panels into one training corpus."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from anndata import AnnData
+
+from scfound._utils import check_expression, get_matrix, get_obs_column, layer_name
+
+CORPUS_SAMPLE_KEY = "sample"
+CORPUS_DATASET_KEY = "dataset"
+MEASURED_KEY = "measured"
+
+
+def build_corpus(
+    adatas: Mapping[str, AnnData],
+    *,
+    layer: str | Mapping[str, str | None] | None = None,
+    sample_key: str | Mapping[str, str | None] | None = None,
+    spatial_key: str = "spatial",
+    gene_key: str | None = None,
+    keep_obs: tuple[str, ...] = (),
+) -> AnnData:
+    """Concatenate datasets measured on different gene panels into one corpus AnnData.
+
+    The corpus holds the union of the genes (sparse counts; a gene a dataset did not measure is
+    0 there) and records which genes each dataset measured in ``varm["measured"]``, so that a
+    :class:`~scfound.CellPLM` trained on it scores each cell only on its own panel.
+
+    Parameters
+    ----------
+    adatas
+        Datasets by name, each cells x genes with raw counts.
+    layer
+        Layer with the counts (``None``: ``.X``), for all datasets or per dataset name.
+    sample_key
+        Column of ``obs`` with the tissue sample / FOV of each cell, for all datasets or per
+        dataset; ``None`` makes each dataset one sample.
+    spatial_key
+        Key of coordinates in ``obsm``; datasets without it get NaN (non-spatial cells).
+    gene_key
+        Column of ``var`` with gene identifiers to join on (default ``var_names``).
+    keep_obs
+        Columns of ``obs`` to carry over where present (e.g. ``("cell_type",)``).
+
+    Returns
+    -------
+    AnnData with counts in ``.X`` (CSR, float32), ``obs["dataset"]``, ``obs["sample"]``
+    (``"<dataset>:<sample>"``), ``obsm["spatial"]`` and ``varm["measured"]`` (genes x datasets).
+
+    """
+    if not adatas:
+        raise ValueError("build_corpus needs at least one dataset.")
+    genes_per: dict[str, list[str]] = {}
+    for name, adata in adatas.items():
+        genes = adata.var_names if gene_key is None else adata.var[gene_key]
+        genes = pd.Index(np.asarray(genes).astype(str))
+        if genes.has_duplicates:
+            dup = genes[genes.duplicated()].unique().tolist()
+            raise ValueError(f"dataset {name!r} has duplicated genes {dup[:5]}; make them unique.")
+        genes_per[name] = genes.tolist()
+    union = list(dict.fromkeys(g for genes in genes_per.values() for g in genes))
+    position = {g: i for i, g in enumerate(union)}
+
+    blocks, obs, coords = [], [], []
+    measured = pd.DataFrame(False, index=union, columns=list(adatas))
+    for name, adata in adatas.items():
+        lay = layer.get(name) if isinstance(layer, Mapping) else layer
+        x = get_matrix(adata, lay)
+        check_expression(x, f"{name}: {layer_name(lay)}")
+        x = sp.csr_matrix(x, dtype=np.float32)
+        cols = np.array([position[g] for g in genes_per[name]])
+        # scatter the dataset's columns into the union
+        x = sp.csr_matrix((x.data, cols[x.indices], x.indptr), shape=(adata.n_obs, len(union)))
+        x.sort_indices()
+        blocks.append(x)
+        measured.loc[genes_per[name], name] = True
+        key = sample_key.get(name) if isinstance(sample_key, Mapping) else sample_key
+        samples = (
+            np.full(adata.n_obs, "all", dtype=object)
+            if key is None
+            else get_obs_column(adata, key).astype(str)
+        )
+        frame = pd.DataFrame(
+            {
+                CORPUS_DATASET_KEY: name,
+                CORPUS_SAMPLE_KEY: [f"{name}:{s}" for s in samples],
+            },
+            index=[f"{name}:{c}" for c in adata.obs_names],
+        )
+        for col in keep_obs:
+            if col in adata.obs:
+                frame[col] = adata.obs[col].astype(str).to_numpy()
+        obs.append(frame)
+        if spatial_key in adata.obsm:
+            coords.append(np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2])
+        else:
+            coords.append(np.full((adata.n_obs, 2), np.nan))
+    corpus = AnnData(
+        sp.vstack(blocks, format="csr"),
+        obs=pd.concat(obs),
+        var=pd.DataFrame(index=pd.Index(union, name="gene")),
+    )
+    for col in (CORPUS_DATASET_KEY, CORPUS_SAMPLE_KEY, *keep_obs):
+        if col in corpus.obs:
+            corpus.obs[col] = corpus.obs[col].astype("category")
+    corpus.obsm[spatial_key] = np.concatenate(coords)
+    corpus.varm[MEASURED_KEY] = measured
+    return corpus

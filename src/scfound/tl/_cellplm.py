@@ -1,0 +1,111 @@
+"""Fit, load or carry over a CellPLM for the ``tl`` functions, without touching the caller's AnnData.
+
+As for SpaFormer, the model sees a lightweight AnnData that shares the caller's matrix (no copy) and
+holds its own ``obs``; results are written back under documented keys only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from scfound._utils import get_matrix, get_obs_column
+from scfound.models import CellPLM
+
+#: architecture of a CellPLM trained from scratch by the ``tl`` functions (CPU-sized)
+SMALL_CELLPLM = {
+    "n_hidden": 256,
+    "n_layers": 2,
+    "n_latent": 64,
+    "n_decoder_hidden": 256,
+}
+
+
+def cellplm_input(
+    adata: AnnData,
+    *,
+    layer: str | None = None,
+    sample_key: str | None = None,
+    spatial_key: str | None = None,
+    gene_key: str | None = None,
+    labels: np.ndarray | None = None,
+) -> AnnData:
+    """A minimal AnnData sharing ``adata``'s counts, registered with :meth:`CellPLM.setup_anndata`.
+
+    ``labels`` (one per cell, ``"unknown"`` for unlabelled cells) adds an annotation target.
+    """
+    X = get_matrix(adata, layer)
+    obs = pd.DataFrame(index=adata.obs_names.copy())
+    if sample_key is not None:
+        obs["sample"] = get_obs_column(adata, sample_key).astype(str)
+    if labels is not None:
+        obs["labels"] = np.asarray(labels).astype(str)
+    var = (
+        adata.var[[gene_key]].copy()
+        if gene_key is not None
+        else pd.DataFrame(index=adata.var_names)
+    )
+    small = AnnData(X=X, obs=obs, var=var)
+    obsm_key = None
+    if spatial_key is not None and spatial_key in adata.obsm:
+        small.obsm["spatial"] = np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2]
+        obsm_key = "spatial"
+    CellPLM.setup_anndata(
+        small,
+        sample_key="sample" if sample_key is not None else None,
+        spatial_key=obsm_key,
+        labels_key="labels" if labels is not None else None,
+    )
+    return small
+
+
+def cellplm_for(
+    small: AnnData,
+    model: CellPLM | str | None,
+    *,
+    gene_key: str | None = None,
+    max_epochs: int = 50,
+    model_kwargs: dict[str, Any] | None = None,
+    train_kwargs: dict[str, Any] | None = None,
+    seed: int = 0,
+    fine_tune: bool = False,
+) -> CellPLM:
+    """A CellPLM for ``small``.
+
+    ``model`` may be a trained :class:`CellPLM` (carried over with :meth:`CellPLM.from_model`), the
+    prefix of a checkpoint in the authors' layout (read with :meth:`CellPLM.load_pretrained`), or
+    ``None`` (a CPU-sized model, :data:`SMALL_CELLPLM`, is trained on ``small`` from scratch).
+    ``fine_tune`` trains a given model further on ``small`` for ``max_epochs``.
+    """
+    model_kwargs = dict(model_kwargs or {})
+    train_kwargs = {"seed": seed, **(train_kwargs or {})}
+    if model is None:
+        new = CellPLM(small, gene_key=gene_key, **{**SMALL_CELLPLM, **model_kwargs})
+        new.train(max_epochs=max_epochs, **train_kwargs)
+        return new
+    if isinstance(model, str):
+        new = CellPLM.load_pretrained(model, small, gene_key=gene_key, **model_kwargs)
+    elif isinstance(model, CellPLM):
+        new = CellPLM.from_model(
+            model, small, gene_key=gene_key, drop_unknown_genes=True, **model_kwargs
+        )
+    else:
+        raise TypeError(
+            f"model must be a CellPLM, a checkpoint prefix or None, not {type(model).__name__}."
+        )
+    if fine_tune:
+        new.train(max_epochs=max_epochs, **train_kwargs)
+    return new
+
+
+def training_summary(model: CellPLM) -> dict[str, float]:
+    """Last logged training losses of ``model`` (empty when it was not trained here)."""
+    history = getattr(model, "history_", None) or {}
+    out = {}
+    for key in ("train_loss", "reconstruction_loss_train", "validation_loss"):
+        if key in history and len(history[key]):
+            out[key] = float(np.asarray(history[key]).ravel()[-1])
+    return out
