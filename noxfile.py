@@ -28,6 +28,8 @@ def install(session: nox.Session, extras: str | None = None) -> None:
 def tests(session: nox.Session) -> None:
     """Run the test suite (extra arguments go to pytest, e.g. ``-- -m 'not slow'``)."""
     install(session, "test")
+    # the authors' CellPLM package, for the parity test (its declared dependencies are not needed)
+    session.install("--no-deps", "cellplm==0.1.0.post2")
     session.run("pytest", *session.posargs)
 
 

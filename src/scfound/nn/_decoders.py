@@ -68,7 +68,10 @@ def zinb_nll(
 def nb_nll(
     x: torch.Tensor, mu: torch.Tensor, theta: torch.Tensor, eps: float = 1e-8
 ) -> torch.Tensor:
-    """Element-wise negative log-likelihood of counts ``x`` under NB(mean ``mu``, inverse dispersion ``theta``)."""
+    """Element-wise negative log-likelihood of counts ``x`` under NB(``mu``, ``theta``).
+
+    ``mu`` is the mean and ``theta`` the inverse dispersion.
+    """
     log_theta_mu = torch.log(theta + mu + eps)
     return -(
         torch.lgamma(x + theta)

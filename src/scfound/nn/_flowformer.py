@@ -4,7 +4,8 @@ Flow attention views attention as a flow network: queries are sinks, keys are so
 incoming and outgoing flows are conserved. With the non-negative kernel ``phi = sigmoid`` and
 ``n`` tokens it costs ``O(n d^2)``, linear in the number of cells of a tissue sample:
 
-* incoming flow ``I_i = 1 / (phi(Q_i) . sum_j phi(K_j))``, outgoing ``O_j = 1 / (phi(K_j) . sum_i phi(Q_i))``
+* incoming flow ``I_i = 1 / (phi(Q_i) . sum_j phi(K_j))``,
+  outgoing flow ``O_j = 1 / (phi(K_j) . sum_i phi(Q_i))``
 * conserved sink ``I^_i = phi(Q_i) . sum_j phi(K_j) O_j``, conserved source
   ``O^_j = clip(phi(K_j) . sum_i phi(Q_i) I_i, -1, 1)``
 * allocation ``A_i = sigmoid(I^_i)``, competition ``C_j = softmax_j(O^_j) n``

@@ -1,4 +1,4 @@
-"""Fit, load or carry over a CellPLM for the ``tl`` functions, without touching the caller's AnnData.
+"""Fit, load or carry over a CellPLM for the ``tl`` functions; the caller's AnnData is not touched.
 
 As for SpaFormer, the model sees a lightweight AnnData that shares the caller's matrix (no copy) and
 holds its own ``obs``; results are written back under documented keys only.
@@ -82,6 +82,11 @@ def cellplm_for(
     """
     model_kwargs = dict(model_kwargs or {})
     train_kwargs = {"seed": seed, **(train_kwargs or {})}
+    if small.obs.get("labels") is not None:
+        # annotation replaces the decoder's objective by the classifier's (as the released
+        # pipeline), with a larger step than pre-training
+        model_kwargs.setdefault("reconstruction_weight", 0.0)
+        train_kwargs.setdefault("lr", 1e-3)
     if model is None:
         new = CellPLM(small, gene_key=gene_key, **{**SMALL_CELLPLM, **model_kwargs})
         new.train(max_epochs=max_epochs, **train_kwargs)

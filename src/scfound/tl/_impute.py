@@ -66,8 +66,9 @@ def impute(
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     group_key
-        Column of ``adata.obs`` with fields of view (for CellPLM: the samples/sentences). ``None`` cuts the section into square tiles of
-        about 500 cells (kept internally; ``adata.obs`` is not changed).
+        Column of ``adata.obs`` with fields of view (for CellPLM: the samples). ``None`` cuts
+        the section into square tiles of about 500 cells for SpaFormer (kept internally;
+        ``adata.obs`` is not changed) and makes it one sample for CellPLM.
     batch_key
         Optional batch column of ``adata.obs``.
     reference_sample_key

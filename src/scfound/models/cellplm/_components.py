@@ -1,4 +1,4 @@
-"""CellPLM building blocks: gene-expression embedder, Gaussian-mixture latent, batch-aware decoder."""
+"""CellPLM blocks: gene-expression embedder, Gaussian-mixture latent, batch-aware decoder."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def grid_positions(coords: torch.Tensor) -> torch.Tensor:
 
 
 class GeneExpressionEmbedder(nn.Module):
-    """``E_i = sum_j x_ij h_j`` over a gene vocabulary, plus a positional encoding, then a projection.
+    """``E_i = sum_j x_ij h_j`` over a gene vocabulary, plus a positional encoding, projected.
 
     Parameters
     ----------
@@ -176,7 +176,7 @@ class BatchAwareDecoder(nn.Module):
     all pre-training batches" of the paper (the released code adds their sum;
     ``covariate_mixture="sum"`` reproduces it). The output goes through a 128-wide bottleneck to
     the vocabulary: log-normalised values (``likelihood="mse"``) or the log-mean of a negative
-    binomial with gene-wise dispersion (``"nb"``).
+    binomial with gene-wise dispersion (``"nb"``; ``dispersion=True`` creates it).
     """
 
     def __init__(
@@ -191,6 +191,7 @@ class BatchAwareDecoder(nn.Module):
         norm: str = "groupnorm",
         covariate_mixture: str = "mean",
         n_bottleneck: int = 128,
+        dispersion: bool = True,
     ):
         super().__init__()
         if covariate_mixture not in ("mean", "sum"):
@@ -224,7 +225,7 @@ class BatchAwareDecoder(nn.Module):
         width = n_hidden if n_layers > 1 else n_input
         self.bottleneck = nn.Linear(width, n_bottleneck)
         self.output = nn.Linear(n_bottleneck, n_output)
-        self.log_dispersion = nn.Parameter(torch.randn(n_output))
+        self.log_dispersion = nn.Parameter(torch.randn(n_output)) if dispersion else None
 
     def _covariate(self, layer: nn.Sequential, index: torch.Tensor | None, n: int) -> torch.Tensor:
         emb, act, norm = layer

@@ -25,7 +25,7 @@ from scfound._utils import check_expression, check_groups, get_matrix, layer_nam
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
 from .._base import SafeSaveMixin
-from ._module import DATASET_KEY, SPATIAL_KEY, CellPLMModule
+from ._module import DATASET_KEY, PERTURBED_KEY, SPATIAL_KEY, CellPLMModule
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +252,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         labels_key: str | None = None,
         unlabeled_category: str = "unknown",
         measured_key: str = "measured",
+        perturbation_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData (or a corpus of datasets concatenated into one) with CellPLM.
@@ -270,13 +271,17 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Column of ``adata.obs`` with the dataset of each cell (for corpora of datasets with
             different gene panels, see :func:`scfound.pp.build_corpus`).
         spatial_key
-            Key of ``(n_obs, 2)`` coordinates in ``adata.obsm``; rows with NaN are non-spatial cells.
+            Key of ``(n_obs, 2)`` coordinates in ``adata.obsm``; rows with NaN are non-spatial.
         labels_key, unlabeled_category
             Cell-type labels for annotation; cells with ``unlabeled_category`` are not used by the
             classification loss.
         measured_key
             Key of a genes x datasets boolean table in ``adata.varm`` (columns named by the
             datasets) telling which genes each dataset measured; absent: every gene is measured.
+        perturbation_key
+            Column of ``adata.obs`` naming the genes perturbed in each cell (Perturb-seq), joined by
+            ``"+"``; ``"ctrl"``, ``"control"`` or empty for control cells. Their input is set to
+            the paper's sentinel (-100) so that the model learns the perturbations' effects.
         **kwargs
             Internal: ``source_registry`` when a saved model is loaded.
 
@@ -297,6 +302,8 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
                 f"labels column {labels_key!r} not found in adata.obs "
                 f"(columns: {list(adata.obs.columns)})."
             )
+        if perturbation_key is not None:
+            perturbed_genes(adata, perturbation_key)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, sample_key),
@@ -446,7 +453,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Steps of linear warm-up of the latent KL weight (0 to 1).
         accelerator, devices, strategy
             Passed to Lightning; ``strategy="ddp"`` with several devices shards the samples of each
-            epoch across processes.
+            epoch across processes (it runs with ``find_unused_parameters=True``).
         seed
             Seed of the split, shuffling and masking.
         datasplitter_kwargs, plan_kwargs
@@ -465,6 +472,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             train_size=train_size,
             validation_size=validation_size,
             max_cells=self.max_cells,
+            extras=self._extras(),
             seed=seed,
             distributed_sampler=distributed,
             **(datasplitter_kwargs or {}),
@@ -483,6 +491,10 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         trainer_kwargs.setdefault("log_every_n_steps", 1)
         if distributed:
             trainer_kwargs.setdefault("use_distributed_sampler", False)
+            if strategy == "ddp":
+                # a step may leave parameters unused (the no-position token in a spatial sample,
+                # the annotation head on unlabelled cells), which plain DDP rejects
+                strategy = "ddp_find_unused_parameters_true"
         self.module.train()
         runner = self._train_runner_cls(
             self,
@@ -509,13 +521,16 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         fn: Callable[[dict, dict], torch.Tensor],
         max_cells: int | None = INFERENCE_MAX_CELLS,
         decode: bool = True,
+        extra_perturbed: Sequence[str] = (),
     ) -> np.ndarray:
         """Run ``fn(tensors, outputs)`` sample by sample; results in the cell order of ``adata``."""
         adata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(adata, required=True)
         self.module.eval()
         out = None
-        for tensors in group_loader(manager, self._sample_codes(manager), max_cells=max_cells):
+        extras = self._extras(manager, extra_perturbed)
+        codes = self._sample_codes(manager)
+        for tensors in group_loader(manager, codes, max_cells=max_cells, extras=extras):
             inf = self.module.inference(
                 **self.module._get_inference_input(tensors), mask_input=False
             )
@@ -573,13 +588,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         module = self.module
 
         def denoise(tensors, out):
-            px = out["px"]
-            if module.likelihood == "nb":
-                rate = torch.exp(px).clamp(1e-5, 1e6)
-                frac = rate / rate.sum(-1, keepdim=True)
-            else:
-                frac = torch.expm1(px.clamp_min(0))
-                frac = frac / frac.sum(-1, keepdim=True).clamp_min(1e-8)
+            frac = self._fractions(out["px"])
             if scale == "log1p":
                 return torch.log1p(frac * module.target_sum)
             return frac * out["counts"].sum(-1, keepdim=True)
@@ -588,6 +597,45 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         adata = self._validate_anndata(adata)
         full = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
         full[:, module.columns.cpu().numpy()] = values
+        return full
+
+    def get_perturbed_expression(
+        self,
+        genes: Sequence[str],
+        adata: AnnData | None = None,
+        *,
+        max_cells: int | None = INFERENCE_MAX_CELLS,
+    ) -> np.ndarray:
+        """Predicted log-normalised expression after perturbing ``genes`` in every cell.
+
+        The inputs of ``genes`` are set to the perturbation sentinel (on top of any perturbation
+        registered with ``perturbation_key``) and every cell is decoded; compare with
+        :meth:`get_denoised_expression` of the same cells for the predicted effect. Meaningful
+        after fine-tuning on Perturb-seq data registered with ``perturbation_key``.
+
+        Parameters
+        ----------
+        genes
+            Genes (``var_names``) to perturb.
+        adata
+            Cells to perturb, e.g. the control cells (default: the model's data).
+        max_cells
+            Cells of one sample decoded together.
+
+        """
+        adata_ = self._validate_anndata(adata)
+        unknown = [g for g in genes if g not in adata_.var_names]
+        if unknown:
+            raise ValueError(
+                f"{len(unknown)} perturbed genes are not in adata.var_names: {unknown}."
+            )
+
+        def decode(tensors, out):
+            return torch.log1p(self._fractions(out["px"]) * self.module.target_sum)
+
+        values = self._predict(adata, decode, max_cells, extra_perturbed=tuple(genes))
+        full = np.full(adata_.shape, np.nan, dtype=np.float32)
+        full[:, self.module.columns.cpu().numpy()] = values
         return full
 
     def predict(
@@ -616,6 +664,34 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         return np.asarray(classes)[probs.argmax(1)]
 
     # ----------------------------------------------------------------- utils
+    def _fractions(self, px: torch.Tensor) -> torch.Tensor:
+        """Decoder output as per-cell expression fractions over the model's columns."""
+        if self.module.likelihood == "nb":
+            rate = torch.exp(px).clamp(1e-5, 1e6)
+            return rate / rate.sum(-1, keepdim=True)
+        frac = torch.expm1(px.clamp_min(0))
+        return frac / frac.sum(-1, keepdim=True).clamp_min(1e-8)
+
+    def _extras(
+        self, manager: AnnDataManager | None = None, extra: Sequence[str] = ()
+    ) -> dict[str, np.ndarray]:
+        """Per-cell column indices of perturbed genes (registered ones plus ``extra``)."""
+        manager = manager or self.adata_manager
+        key = manager.registry["setup_args"].get("perturbation_key")
+        adata = manager.adata
+        if key is None and not extra:
+            return {}
+        per_cell = (
+            perturbed_genes(adata, key) if key is not None else [[] for _ in range(adata.n_obs)]
+        )
+        cols = adata.var_names.get_indexer(list(extra))
+        rows = [adata.var_names.get_indexer(g).tolist() + cols.tolist() for g in per_cell]
+        width = max(1, max(len(r) for r in rows))
+        out = np.full((adata.n_obs, width), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return {PERTURBED_KEY: out}
+
     @staticmethod
     def _gene_names(adata: AnnData | None, gene_key: str | None) -> list[str]:
         if adata is None:
@@ -624,7 +700,8 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             return adata.var_names.astype(str).tolist()
         if gene_key not in adata.var:
             raise KeyError(
-                f"gene_key {gene_key!r} not found in adata.var (columns: {list(adata.var.columns)})."
+                f"gene_key {gene_key!r} not found in adata.var "
+                f"(columns: {list(adata.var.columns)})."
             )
         return adata.var[gene_key].astype(str).tolist()
 
@@ -669,3 +746,25 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
                 f"(columns: {list(table.columns)[:5]})."
             )
         return np.stack([table[d].to_numpy(dtype=bool) for d in datasets])
+
+
+CONTROL_LABELS = {"", "ctrl", "control", "nan", "none"}
+
+
+def perturbed_genes(adata: AnnData, key: str) -> list[list[str]]:
+    """Genes perturbed in each cell, from ``adata.obs[key]`` (``"G1+G2"``; control: ``"ctrl"``)."""
+    if key not in adata.obs:
+        raise KeyError(f"perturbation column {key!r} not found in adata.obs.")
+    values = adata.obs[key].astype(str).to_numpy()
+    per_cell = [
+        [] if v.strip().lower() in CONTROL_LABELS else [g.strip() for g in v.split("+")]
+        for v in values
+    ]
+    known = set(adata.var_names)
+    unknown = sorted({g for genes in per_cell for g in genes if g not in known})
+    if unknown:
+        raise ValueError(
+            f"adata.obs[{key!r}] names {len(unknown)} genes that are not in adata.var_names "
+            f"(e.g. {unknown[:10]})."
+        )
+    return per_cell

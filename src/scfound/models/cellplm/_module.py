@@ -16,6 +16,8 @@ from ._components import BatchAwareDecoder, GaussianMixtureLatent, GeneExpressio
 
 DATASET_KEY = "dataset"
 SPATIAL_KEY = "spatial"
+#: per-cell column indices of perturbed genes (``-1`` pads)
+PERTURBED_KEY = "perturbed"
 #: input value of perturbed genes (the paper's sentinel)
 PERTURBATION_SENTINEL = -100.0
 
@@ -23,10 +25,11 @@ PERTURBATION_SENTINEL = -100.0
 class CellPLMModule(BaseModuleClass):
     """Cells are tokens, a tissue sample (or FOV) is a sentence.
 
-    ``gene-expression embedder -> Flowformer over the sample's cells -> LayerNorm -> Gaussian-mixture
-    latent -> batch-aware decoder``. Pre-training hides entries by bi-level masking (a fraction
-    ``cell_mask_rate`` of cells, then ``gene_mask_rate`` of their *measured* genes) and scores their
-    reconstruction; each cell only contributes the genes its dataset measured.
+    ``gene-expression embedder -> Flowformer over the sample's cells -> LayerNorm ->
+    Gaussian-mixture latent -> batch-aware decoder``. Pre-training hides entries by bi-level
+    masking (a fraction ``cell_mask_rate`` of cells, then ``gene_mask_rate`` of their *measured*
+    genes) and scores their reconstruction; each cell only contributes the genes its dataset
+    measured.
 
     Parameters
     ----------
@@ -126,6 +129,7 @@ class CellPLMModule(BaseModuleClass):
             dropout,
             norm,
             covariate_mixture,
+            dispersion=likelihood == "nb",
         )
         self.classifier = (
             nn.Sequential(nn.Dropout(dropout), nn.Linear(n_latent, n_labels)) if n_labels else None
@@ -149,6 +153,7 @@ class CellPLMModule(BaseModuleClass):
             "x": tensors[REGISTRY_KEYS.X_KEY],
             "dataset_index": tensors.get(DATASET_KEY),
             "coords": tensors.get(SPATIAL_KEY),
+            "perturbed": tensors.get(PERTURBED_KEY),
         }
 
     def _get_generative_input(self, tensors: dict, inference_outputs: dict) -> dict:
@@ -178,7 +183,7 @@ class CellPLMModule(BaseModuleClass):
         return torch.log1p(x / library * self.target_sum)
 
     def _draw_mask(self, measured: torch.Tensor) -> torch.Tensor:
-        """Bi-level mask (``True`` = hidden) over measured entries of ``cell_mask_rate`` of cells."""
+        """Bi-level mask (``True`` = hidden) of measured entries in ``cell_mask_rate`` of cells."""
         n = measured.shape[0]
         n_masked = int(self.cell_mask_rate * n)
         cells = torch.zeros(n, dtype=torch.bool, device=measured.device)
@@ -204,7 +209,8 @@ class CellPLMModule(BaseModuleClass):
 
         Training also applies DropNode (``keep`` lists the cells that stayed) and, with
         ``mask_input``, bi-level masking (``hidden`` marks the hidden entries). ``perturbed``
-        (``(n, n_columns)`` boolean) sets those inputs to the perturbation sentinel.
+        (``(n, k)`` column indices per cell, ``-1`` padded) sets those inputs to the perturbation
+        sentinel.
         """
         keep = None
         if self.training and self.drop_node_rate > 0 and x.shape[0] > 2:
@@ -213,6 +219,7 @@ class CellPLMModule(BaseModuleClass):
             x = x[keep]
             dataset_index = None if dataset_index is None else dataset_index[keep]
             coords = None if coords is None else coords[keep]
+            perturbed = None if perturbed is None else perturbed[keep]
         counts = x.index_select(-1, self.columns)
         xn = self.transform(counts)
         code = (
@@ -224,7 +231,10 @@ class CellPLMModule(BaseModuleClass):
         hidden = self._draw_mask(measured) if mask_input else None
         x_in = xn if hidden is None else xn.masked_fill(hidden, 0.0)
         if perturbed is not None:
-            x_in = x_in.masked_fill(perturbed.index_select(-1, self.columns), PERTURBATION_SENTINEL)
+            flags = torch.zeros(x.shape[0], x.shape[-1] + 1, dtype=torch.bool, device=x.device)
+            flags.scatter_(1, perturbed.long() + 1, True)  # -1 pads land in column 0, dropped
+            flags = flags[:, 1:].index_select(-1, self.columns)
+            x_in = x_in.masked_fill(flags, PERTURBATION_SENTINEL)
         spatial = None
         if coords is not None:
             finite = torch.isfinite(coords).all(-1)

@@ -75,17 +75,17 @@ def _translate(key: str, direction: int) -> str | None:
 
 
 def to_scfound_key(key: str) -> str | None:
-    """scfound name of an authors' parameter (``None`` when it has none)."""
+    """Name in scfound of an authors' parameter (``None`` when it has none)."""
     return _translate(key, 0)
 
 
 def to_authors_key(key: str) -> str | None:
-    """Authors' name of a scfound parameter (``None`` when it has none)."""
+    """Name in the authors' layout of a scfound parameter (``None`` when it has none)."""
     return _translate(key, 1)
 
 
 def config_to_params(config: dict[str, Any]) -> dict[str, Any]:
-    """scfound :class:`CellPLM` settings for an authors' config; unsupported settings raise."""
+    """Settings of a :class:`CellPLM` for an authors' config; unsupported settings raise."""
     unsupported = {
         "enc_mod": ("flowformer",),
         "latent_mod": ("gmvae",),
@@ -156,7 +156,7 @@ def load_authors_checkpoint(
     drop_unknown_genes: bool = True,
     **overrides,
 ) -> CellPLM:
-    """Build a :class:`CellPLM` from an authors' checkpoint (see :meth:`CellPLM.load_pretrained`)."""
+    """Build a :class:`CellPLM` from an authors' checkpoint (:meth:`CellPLM.load_pretrained`)."""
     config_file, weights_file = checkpoint_paths(path)
     with open(config_file) as fh:
         config = json.load(fh)

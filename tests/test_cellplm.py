@@ -1,0 +1,394 @@
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+import torch
+
+import scfound as sf
+from scfound.models.cellplm import export_authors_checkpoint
+from scfound.models.cellplm._pretrained import KEY_MAP, to_authors_key, to_scfound_key
+from scfound.nn import flow_attention
+
+TINY = {"n_hidden": 16, "n_heads": 2, "n_layers": 2, "n_latent": 8, "n_decoder_hidden": 16}
+
+
+def _counts(n_cells, genes, seed=0, density=0.4):
+    rng = np.random.default_rng(seed)
+    X = sp.random(n_cells, len(genes), density=density, format="csr", random_state=rng)
+    X.data = np.ceil(X.data * 10).astype(np.float32)
+    return ad.AnnData(X.astype(np.float32), var=pd.DataFrame(index=genes))
+
+
+@pytest.fixture
+def corpus(synthetic):
+    """Two datasets on overlapping panels: spatial (20 genes) and scRNA-seq (30 genes)."""
+    rna = _counts(150, [f"gene_{i}" for i in range(10, 40)], seed=1)
+    rna.obs["sample"] = np.repeat(["a", "b", "c"], 50)
+    rna.obs["cell_type"] = np.tile(["t0", "t1", "t2"], 50)
+    return sf.pp.build_corpus(
+        {"spatial": synthetic, "rna": rna},
+        layer={"spatial": "counts"},
+        sample_key={"spatial": "fov", "rna": "sample"},
+        keep_obs=("cell_type",),
+    )
+
+
+def _setup(corpus, **kw):
+    sf.CellPLM.setup_anndata(
+        corpus, sample_key="sample", dataset_key="dataset", spatial_key="spatial", **kw
+    )
+    return corpus
+
+
+# ------------------------------------------------------------------------------- blocks
+def _naive_flow_attention(q, k, v, eps=1e-6):
+    """Flowformer equations as written (per head, explicit loops over nothing clever)."""
+    q, k = torch.sigmoid(q) + eps, torch.sigmoid(k) + eps
+    n, m = q.shape[-2], k.shape[-2]
+    incoming = 1 / (q * (k.sum(-2, keepdim=True) - m * eps + eps)).sum(-1)
+    outgoing = 1 / (k * (q.sum(-2, keepdim=True) - n * eps + eps)).sum(-1)
+    sink = (q * ((k - eps) * outgoing.unsqueeze(-1)).sum(-2, keepdim=True).add(eps)).sum(-1)
+    source = (k * ((q - eps) * incoming.unsqueeze(-1)).sum(-2, keepdim=True).add(eps)).sum(-1)
+    allocation = torch.sigmoid(sink * n / m)
+    competition = torch.softmax(source.clamp(-1, 1), -1) * m
+    attn = ((q - eps) * incoming.unsqueeze(-1)) @ (k - eps).transpose(-2, -1)
+    return (attn @ (v * competition.unsqueeze(-1))) * allocation.unsqueeze(-1)
+
+
+def test_flow_attention_matches_equations():
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 50, 8) * 2 for _ in range(3))
+    expected = _naive_flow_attention(q, k, v)
+    assert torch.allclose(flow_attention(q, k, v), expected, atol=1e-5)
+
+
+def test_flow_attention_is_permutation_equivariant():
+    torch.manual_seed(0)
+    layer = sf.nn.FlowformerLayer(16, 2).eval()
+    x = torch.randn(30, 16)
+    perm = torch.randperm(30)
+    assert torch.allclose(layer(x)[perm], layer(x[perm]), atol=1e-5)
+
+
+def test_key_map_round_trip():
+    for authors, _ in KEY_MAP:
+        key = authors.format(i="0", p="weight", l="1", qkv="query", norm="norm1", cov="batch")
+        ours = to_scfound_key(key)
+        assert ours is not None and to_authors_key(ours) == key
+
+
+# ------------------------------------------------------------------------------ corpus
+def test_build_corpus_records_panels(corpus, synthetic):
+    measured = corpus.varm["measured"]
+    assert corpus.n_vars == 40 and list(measured.columns) == ["spatial", "rna"]
+    assert measured["spatial"].sum() == 20 and measured["rna"].sum() == 30
+    assert measured.loc["gene_15", "spatial"] and not measured.loc["gene_35", "spatial"]
+    # counts land in the right columns, unmeasured genes are zero
+    spatial_rows = corpus.obs["dataset"].to_numpy() == "spatial"
+    np.testing.assert_array_equal(
+        corpus[spatial_rows, synthetic.var_names].X.toarray(),
+        synthetic.layers["counts"].toarray()
+        if sp.issparse(synthetic.layers["counts"])
+        else synthetic.layers["counts"],
+    )
+    assert corpus[spatial_rows, "gene_35"].X.sum() == 0
+    assert np.isnan(corpus.obsm["spatial"][~spatial_rows]).all()
+
+
+def test_mask_covers_measured_genes_only(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY, gene_mask_rate=0.9, cell_mask_rate=0.9)
+    module = model.module.train()
+    spatial_code = model._dataset_categories().index("spatial")
+    codes = torch.full((100,), spatial_code)
+    x = torch.ones(100, corpus.n_vars)
+    out = module.inference(x, dataset_index=codes)
+    measured = corpus.varm["measured"]["spatial"].to_numpy()
+    keep = out["keep"]
+    hidden = out["hidden"]
+    assert hidden.shape == (len(keep), corpus.n_vars)
+    assert hidden[:, ~measured].sum() == 0 and hidden[:, measured].sum() > 0
+
+
+# ---------------------------------------------------------------------- train / save
+@pytest.mark.parametrize("likelihood", ["mse", "nb"])
+def test_pretrain_save_load_round_trip(corpus, tmp_path, likelihood):
+    model = sf.CellPLM(_setup(corpus), **TINY, likelihood=likelihood)
+    model.train(max_epochs=2)
+    assert np.all(np.isfinite(model.history["train_loss"].to_numpy(dtype=float)))
+    z = model.get_latent_representation()
+    assert z.shape == (corpus.n_obs, 8) and np.isfinite(z).all()
+    np.testing.assert_array_equal(z, model.get_latent_representation())  # deterministic
+    denoised = model.get_denoised_expression()
+    assert denoised.shape == corpus.shape and np.isfinite(denoised).all()
+    model.save(str(tmp_path / "m"))
+    loaded = sf.CellPLM.load(str(tmp_path / "m"), corpus)
+    np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
+
+
+def test_pretraining_lowers_masked_error(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY, dropout=0.0)
+    torch.manual_seed(0)
+
+    def masked_mse():
+        torch.manual_seed(1)
+        module = model.module.eval()
+        total = 0.0
+        for code in np.unique(model._sample_codes()):
+            cells = np.flatnonzero(model._sample_codes() == code)
+            x = torch.from_numpy(corpus.X[cells].toarray())
+            codes = np.asarray(model.adata_manager.get_from_registry("dataset")).ravel()
+            ds = torch.from_numpy(codes[cells])
+            inf = module.inference(x, dataset_index=ds)
+            gen = module.generative(inf["z"])
+            total += float(((gen["px"] - inf["xn"]) ** 2 * inf["hidden"]).sum())
+        return total
+
+    before = masked_mse()
+    model.train(max_epochs=30, lr=3e-3)
+    assert masked_mse() < 0.7 * before
+
+
+def test_cell_order_and_sample_context(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    z = model.get_latent_representation()
+    shuffled = corpus[np.random.default_rng(0).permutation(corpus.n_obs)].copy()
+    _setup(shuffled)
+    z2 = model.get_latent_representation(shuffled)
+    order = corpus.obs_names.get_indexer(shuffled.obs_names)
+    np.testing.assert_allclose(z2, z[order], atol=1e-5)
+
+
+# ------------------------------------------------------------------- transfer / checkpoints
+def test_from_model_zero_shot_on_new_panel(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    model.train(max_epochs=1)
+    new = _counts(40, [f"gene_{i}" for i in (3, 12, 25, 38)], seed=3)
+    sf.CellPLM.setup_anndata(new)
+    transferred = sf.CellPLM.from_model(model, new)
+    assert transferred.module.use_covariates is False
+    z = transferred.get_latent_representation()
+    assert z.shape == (40, 8) and np.isfinite(z).all()
+
+
+def test_unknown_genes_error(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    new = _counts(10, ["gene_1", "gene_2", "NOT_A_GENE", "ALSO_NOT"])
+    sf.CellPLM.setup_anndata(new)
+    with pytest.raises(ValueError, match=r"2 of 4 genes are not in the model's vocabulary"):
+        sf.CellPLM.from_model(model, new, drop_unknown_genes=False)
+    with pytest.raises(ValueError, match="NOT_A_GENE"):
+        sf.CellPLM.from_model(model, new, drop_unknown_genes=False)
+    none = _counts(10, ["X1", "X2"])
+    sf.CellPLM.setup_anndata(none)
+    with pytest.raises(ValueError, match="none of the 2 genes"):
+        sf.CellPLM.from_model(model, none, drop_unknown_genes=True)
+    assert sf.CellPLM.from_model(model, new, drop_unknown_genes=True).module.columns.tolist() == [
+        0,
+        1,
+    ]
+
+
+def test_single_cell_sample_error():
+    adata = _counts(5, ["g1", "g2", "g3"])
+    adata.obs["sample"] = ["a", "a", "b", "b", "c"]
+    with pytest.raises(ValueError, match="single cell"):
+        sf.CellPLM.setup_anndata(adata, sample_key="sample")
+    with pytest.raises(ValueError, match="one cell"):
+        sf.CellPLM.setup_anndata(adata[:1].copy())
+
+
+def test_nb_needs_counts(corpus):
+    corpus.X = corpus.X * 0.5
+    with pytest.raises(ValueError, match="non-integer"):
+        sf.CellPLM(_setup(corpus), **TINY, likelihood="nb")
+
+
+def test_authors_layout_round_trip_and_report(corpus, tmp_path):
+    model = sf.CellPLM(_setup(corpus), **TINY, likelihood="nb")
+    model.train(max_epochs=1)
+    prefix = str(tmp_path / "ckpt")
+    export_authors_checkpoint(model, prefix)
+    config = json.load(open(prefix + ".config.json"))
+    assert config["gene_list"] == model.vocabulary and config["enc_hid"] == 16
+    query = corpus.copy()
+    sf.CellPLM.setup_anndata(query, sample_key="sample")
+    loaded = sf.CellPLM.load_pretrained(prefix, query)
+    report = loaded.pretrained_report_
+    assert report["unmatched_checkpoint_parameters"] == []
+    assert report["parameters_not_in_checkpoint"] == []
+    assert report["n_genes_matched"] == corpus.n_vars
+    # the released model: raw-count log1p input, no positional encoding
+    assert loaded.module.input_transform == "log1p" and not loaded.module.embedder.spatial_pe
+    state = torch.load(prefix + ".best.ckpt", weights_only=True)["model_state_dict"]
+    torch.testing.assert_close(
+        loaded.module.embedder.gene_embedding, state["embedder.feat_enc.emb"]
+    )
+
+
+def test_checkpoint_config_mismatch(corpus, tmp_path):
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    prefix = str(tmp_path / "ckpt")
+    export_authors_checkpoint(model, prefix)
+    config = json.load(open(prefix + ".config.json"))
+    json.dump({**config, "enc_hid": 32}, open(prefix + ".config.json", "w"))
+    with pytest.raises(ValueError, match="does not match its config"):
+        sf.CellPLM.load_pretrained(prefix, corpus)
+    json.dump({**config, "latent_mod": "vae"}, open(prefix + ".config.json", "w"))
+    with pytest.raises(ValueError, match="latent_mod"):
+        sf.CellPLM.load_pretrained(prefix, corpus)
+    with pytest.raises(FileNotFoundError, match=r"best\.ckpt"):
+        sf.CellPLM.load_pretrained(str(tmp_path / "missing"), corpus)
+
+
+def test_parity_with_authors_package(tmp_path):
+    """Same random checkpoint, same seed: the authors' package and ours embed alike."""
+    pytest.importorskip("einops")
+    omics = pytest.importorskip("CellPLM.model")
+    pipeline = pytest.importorskip("CellPLM.pipeline.cell_embedding")
+    genes = [f"G{i}" for i in range(120)]
+    config = {
+        "enc_mod": "flowformer",
+        "enc_hid": 32,
+        "enc_layers": 2,
+        "post_latent_dim": 16,
+        "dec_mod": "nbmlp",
+        "dec_hid": 32,
+        "dec_layers": 2,
+        "out_dim": 120,
+        "batch_num": 5,
+        "dataset_num": 2,
+        "model_dropout": 0.2,
+        "norm": "groupnorm",
+        "latent_mod": "gmvae",
+        "num_clusters": 16,
+        "mask_node_rate": 0.75,
+        "mask_feature_rate": 0.25,
+        "drop_node_rate": 0.3,
+        "cat_pe": False,
+        "pe_type": "sin",
+        "gene_list": genes,
+    }
+    torch.manual_seed(0)
+    theirs_model = omics.OmicsFormer(**config)
+    torch.save({"model_state_dict": theirs_model.state_dict()}, tmp_path / "r.best.ckpt")
+    json.dump(config, open(tmp_path / "r.config.json", "w"))
+    adata = _counts(90, genes[20:], seed=5)
+    pipe = pipeline.CellEmbeddingPipeline(pretrain_prefix="r", pretrain_directory=str(tmp_path))
+    torch.manual_seed(0)
+    theirs = pipe.predict(adata.copy()).numpy()
+    sf.CellPLM.setup_anndata(adata)
+    ours = sf.CellPLM.load_pretrained(str(tmp_path / "r"), adata, stochastic_embedding=True)
+    assert ours.pretrained_report_["unmatched_checkpoint_parameters"] == []
+    torch.manual_seed(0)
+    np.testing.assert_allclose(ours.get_latent_representation(), theirs, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ data paths
+def test_backed_h5ad_matches_in_memory(corpus, tmp_path):
+    path = tmp_path / "corpus.h5ad"
+    corpus.write_h5ad(path)
+    backed = ad.read_h5ad(path, backed="r")
+    _setup(backed)
+    model = sf.CellPLM(backed, **TINY)
+    model.train(max_epochs=1)
+    z_backed = model.get_latent_representation()
+    memory = ad.read_h5ad(path)
+    _setup(memory)
+    np.testing.assert_allclose(model.get_latent_representation(memory), z_backed, atol=1e-5)
+
+
+DDP_SCRIPT = """
+import sys
+import numpy as np
+import scfound as sf
+adata = sf.datasets.synthetic_spatial(200, 12, 3, seed=0, n_fovs=4)
+sf.CellPLM.setup_anndata(adata, layer="counts", sample_key="fov")
+model = sf.CellPLM(adata, n_hidden=16, n_heads=2, n_layers=1, n_latent=4, n_decoder_hidden=16)
+model.train(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp")
+import os
+rank = os.environ.get("LOCAL_RANK", "0")
+finite = np.isfinite(model.get_latent_representation()).all()
+epochs = len(model.history["train_loss"]) if rank == "0" else "-"  # rank 0 logs
+print(f"RANK {rank} epochs {epochs} finite {finite}", flush=True)
+"""
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    res = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    lines = [line for line in res.stdout.splitlines() if line.startswith("RANK")]
+    assert sorted(line.split()[1] for line in lines) == ["0", "1"], res.stdout
+    assert all(line.endswith("finite True") for line in lines)
+    assert any(line.startswith("RANK 0 epochs 2") for line in lines)
+    assert "Starting with 2 processes" in res.stdout + res.stderr
+
+
+# ---------------------------------------------------------------------------------- tools
+def test_tl_embed_denoise_leave_obs_untouched(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    model.train(max_epochs=1)
+    query = _counts(60, [f"gene_{i}" for i in range(5, 25)], seed=2)
+    query.obs["sample"] = np.repeat(["s1", "s2"], 30)
+    obs_before = query.obs.copy()
+    sf.tl.embed(query, method="cellplm", model=model, sample_key="sample")
+    sf.tl.denoise(query, model=model, sample_key="sample")
+    assert query.obsm["X_cellplm"].shape == (60, 8)
+    assert query.layers["cellplm_denoised"].shape == query.shape
+    pd.testing.assert_frame_equal(query.obs, obs_before)
+    assert query.uns["scfound"]["embed"]["method"] == "cellplm"
+
+
+def test_tl_impute_from_reference(corpus, synthetic):
+    rna = _counts(150, [f"gene_{i}" for i in range(10, 40)], seed=1)
+    rna.obs["sample"] = np.repeat(["a", "b", "c"], 50)
+    sf.tl.impute(
+        synthetic,
+        method="cellplm",
+        reference=rna,
+        layer="counts",
+        group_key="fov",
+        reference_sample_key="sample",
+        max_epochs=1,
+        model_kwargs=TINY,
+    )
+    imputed = synthetic.obsm["cellplm_imputed"]
+    assert list(imputed.columns) == [f"gene_{i}" for i in range(20, 40)]
+    assert imputed.shape[0] == synthetic.n_obs and np.isfinite(imputed.to_numpy()).all()
+    with pytest.raises(ValueError, match="not in the reference"):
+        sf.tl.impute(synthetic, method="cellplm", reference=rna, layer="counts", genes=["nope"])
+    with pytest.raises(ValueError, match="reference"):
+        sf.tl.impute(synthetic, method="cellplm", layer="counts")
+
+
+def test_tl_annotate_learns_labels():
+    rng = np.random.default_rng(0)
+    n, genes = 300, [f"g{i}" for i in range(30)]
+    types = np.repeat(["A", "B", "C"], 100)
+    rates = np.ones((3, 30))
+    for t in range(3):
+        rates[t, t * 10 : (t + 1) * 10] = 12.0
+    X = rng.poisson(rates[np.repeat([0, 1, 2], 100)]).astype(np.float32)
+    adata = ad.AnnData(X, var=pd.DataFrame(index=genes))
+    adata.obs["sample"] = np.tile(["s1", "s2", "s3"], 100)
+    labels = types.astype(object).copy()
+    test = rng.random(n) < 0.3
+    labels[test] = "unknown"
+    adata.obs["ct"] = labels
+    sf.tl.annotate(adata, "ct", sample_key="sample", max_epochs=30, model_kwargs=TINY)
+    pred = adata.obs["cellplm_prediction"].astype(str).to_numpy()
+    assert (pred[test] == types[test]).mean() > 0.9
+    assert adata.obsm["cellplm_probabilities"].shape == (n, 3)
+    with pytest.raises(KeyError, match="not found"):
+        sf.tl.annotate(adata, "missing_column")
