@@ -141,6 +141,7 @@ class CellPLMModule(BaseModuleClass):
         columns = torch.nonzero(input_genes >= 0).ravel()
         if measured is None:
             measured = torch.ones(1, len(input_genes), dtype=torch.bool)
+        self.columns_total = len(input_genes)
         self.register_buffer("columns", columns, persistent=False)
         self.register_buffer("gene_ids", input_genes[columns], persistent=False)
         self.register_buffer(
@@ -196,6 +197,36 @@ class CellPLMModule(BaseModuleClass):
         hidden = torch.rand(measured.shape, device=measured.device) < rate
         return hidden & measured & cells.unsqueeze(-1)
 
+    def _perturb(
+        self,
+        x_in: torch.Tensor,
+        xn: torch.Tensor,
+        hidden: torch.Tensor | None,
+        measured: torch.Tensor,
+        perturbed: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Set perturbed genes' inputs to the sentinel.
+
+        When training, a perturbed cell's input is the profile of a random control cell of the
+        same step (GEARS-style pairing; with the cell's own profile as input the model could copy
+        the effect instead of learning it), and all its measured genes are scored.
+        """
+        n = x_in.shape[0]
+        flags = torch.zeros(n, self.columns_total + 1, dtype=torch.bool, device=x_in.device)
+        flags.scatter_(1, perturbed.long() + 1, True)  # -1 pads land in column 0, dropped
+        flags = flags[:, 1:].index_select(-1, self.columns)
+        is_perturbed = flags.any(-1)
+        if self.training and bool(is_perturbed.any()):
+            controls = torch.nonzero(~is_perturbed).ravel()
+            if len(controls):
+                pick = torch.randint(len(controls), (int(is_perturbed.sum()),), device=xn.device)
+                x_in = x_in.clone()
+                x_in[is_perturbed] = xn[controls[pick]]
+                if hidden is not None:
+                    hidden = hidden.clone()
+                    hidden[is_perturbed] = measured[is_perturbed]
+        return x_in.masked_fill(flags, PERTURBATION_SENTINEL), hidden
+
     @auto_move_data
     def inference(
         self,
@@ -231,10 +262,7 @@ class CellPLMModule(BaseModuleClass):
         hidden = self._draw_mask(measured) if mask_input else None
         x_in = xn if hidden is None else xn.masked_fill(hidden, 0.0)
         if perturbed is not None:
-            flags = torch.zeros(x.shape[0], x.shape[-1] + 1, dtype=torch.bool, device=x.device)
-            flags.scatter_(1, perturbed.long() + 1, True)  # -1 pads land in column 0, dropped
-            flags = flags[:, 1:].index_select(-1, self.columns)
-            x_in = x_in.masked_fill(flags, PERTURBATION_SENTINEL)
+            x_in, hidden = self._perturb(x_in, xn, hidden, measured, perturbed)
         spatial = None
         if coords is not None:
             finite = torch.isfinite(coords).all(-1)
