@@ -502,30 +502,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the selected tasks and write ``cellplm.md`` and ``cellplm.json``."""
+    """Run the selected tasks; write ``cellplm_parity.{md,json}`` and ``cellplm.{md,json}``."""
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    out: dict[str, Any] = {}
-    if "parity" in args.tasks:
-        run_parity(out, args.repeat, args.scaling)
-        write_report(out, args, os.path.join(args.out, "cellplm.md"))
-    if "pretrain" in args.tasks:
-        run_pretrain(out, args)
-    write_report(out, args, os.path.join(args.out, "cellplm.md"))
 
     def plain(v):
         return v.to_dict(orient="records") if isinstance(v, pd.DataFrame) else v
 
-    with open(os.path.join(args.out, "cellplm.json"), "w") as fh:
-        json.dump(
-            {
+    for task, name in [("parity", "cellplm_parity"), ("pretrain", "cellplm")]:
+        if task not in args.tasks:
+            continue
+        out: dict[str, Any] = {}
+        (
+            run_parity(out, args.repeat, args.scaling)
+            if task == "parity"
+            else run_pretrain(out, args)
+        )
+        write_report(out, args, os.path.join(args.out, f"{name}.md"))
+        with open(os.path.join(args.out, f"{name}.json"), "w") as fh:
+            record = {
                 k: {kk: plain(vv) for kk, vv in v.items()} if isinstance(v, dict) else plain(v)
                 for k, v in out.items()
-            },
-            fh,
-            indent=1,
-            default=float,
-        )
+            }
+            json.dump(record, fh, indent=1, default=float)
 
 
 if __name__ == "__main__":
