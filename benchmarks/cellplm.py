@@ -350,8 +350,10 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
         }
 
     for name, base in [("CellPLM fine-tuned", pre), ("CellPLM from scratch", None)]:
+        # as scfound.tl.annotate: classifier loss only, no latent KL
         model = cellplm_for(base, ann, reconstruction_weight=0.0)
-        _, t = timed(model.train, max_epochs=ft, lr=1e-3, seed=seed)
+        plan = {"max_kl_weight": 0.0}
+        _, t = timed(model.train, max_epochs=ft, lr=args.annotation_lr, plan_kwargs=plan, seed=seed)
         rows.append(ann_row(name, model.predict(ann)[is_held], t))
     start = time.perf_counter()
     logn = log_norm(mop.X)
@@ -491,6 +493,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--spaformer-epochs", type=int, default=200)
     parser.add_argument("--scvi-epochs", type=int, default=200)
     parser.add_argument("--scanvi-epochs", type=int, default=20)
+    parser.add_argument("--annotation-lr", type=float, default=5e-3)
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--scaling", nargs="*", type=int, default=[2500, 5000, 10000, 20000])
     parser.add_argument("--seed", type=int, default=0)

@@ -102,6 +102,15 @@ def test_build_corpus_records_panels(corpus, synthetic):
     assert np.isnan(corpus.obsm["spatial"][~spatial_rows]).all()
 
 
+def test_build_corpus_leaves_inputs_untouched():
+    a = _counts(30, ["g1", "g2", "g3"], seed=1)
+    b = _counts(30, ["g3", "g2", "g4"], seed=2)  # reordered in the union
+    before = b.X.copy()
+    corpus = sf.pp.build_corpus({"a": a, "b": b})
+    assert (b.X != before).nnz == 0
+    np.testing.assert_array_equal(corpus[30:, ["g3", "g2", "g4"]].X.toarray(), before.toarray())
+
+
 def test_mask_covers_measured_genes_only(corpus):
     model = sf.CellPLM(_setup(corpus), **TINY, gene_mask_rate=0.9, cell_mask_rate=0.9)
     module = model.module.train()
@@ -416,7 +425,7 @@ def test_perturbation_effect_is_learned():
     effect = after[:, 1:6].mean() - base[:, 1:6].mean()
     other = after[:, 6:].mean() - base[:, 6:].mean()  # compositional: the others' share drops
     assert effect > 0.5 and effect - other > 1.0
-    with pytest.raises(ValueError, match="not in adata.var_names"):
+    with pytest.raises(ValueError, match=r"not in adata\.var_names"):
         model.get_perturbed_expression(["nope"], controls)
     bad = adata.copy()
     bad.obs["perturbation"] = "XYZ+p0"

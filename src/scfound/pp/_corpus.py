@@ -74,8 +74,11 @@ def build_corpus(
         check_expression(x, f"{name}: {layer_name(lay)}")
         x = sp.csr_matrix(x, dtype=np.float32)
         cols = np.array([position[g] for g in genes_per[name]])
-        # scatter the dataset's columns into the union
-        x = sp.csr_matrix((x.data, cols[x.indices], x.indptr), shape=(adata.n_obs, len(union)))
+        # scatter the dataset's columns into the union (on copies: csr_matrix may share the
+        # caller's arrays, and sort_indices works in place)
+        x = sp.csr_matrix(
+            (x.data.copy(), cols[x.indices], x.indptr.copy()), shape=(adata.n_obs, len(union))
+        )
         x.sort_indices()
         blocks.append(x)
         measured.loc[genes_per[name], name] = True

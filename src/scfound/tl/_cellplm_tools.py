@@ -12,7 +12,8 @@ from scfound._utils import get_obs_column, record
 from scfound.models import CellPLM
 from scfound.pp._corpus import CORPUS_DATASET_KEY, CORPUS_SAMPLE_KEY, build_corpus
 
-from ._cellplm import cellplm_for, cellplm_input, training_summary
+from ._cellplm import cellplm_for, cellplm_input
+from ._utils import training_summary
 
 UNKNOWN = "unknown"
 

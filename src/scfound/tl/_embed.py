@@ -9,10 +9,10 @@ from anndata import AnnData
 from scfound._utils import record
 from scfound.models import CellPLM, SpaFormer
 
-from ._cellplm import training_summary as cellplm_summary
 from ._cellplm_tools import embed_cellplm
 from ._impute import _resolve_method
-from ._spaformer import spaformer_for, training_summary
+from ._spaformer import spaformer_for
+from ._utils import training_summary
 
 
 def embed(
@@ -98,7 +98,7 @@ def embed(
                 "key_added": key_added,
                 "sample_key": sample_key,
                 "model": fitted._model_summary_string,
-                **cellplm_summary(fitted),
+                **training_summary(fitted),
             },
         )
         return adata if copy else None

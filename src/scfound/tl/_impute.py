@@ -9,8 +9,8 @@ from anndata import AnnData
 from scfound._utils import record
 from scfound.models import CellPLM, SpaFormer
 
-from ._cellplm import training_summary as cellplm_summary
-from ._spaformer import spaformer_for, training_summary
+from ._spaformer import spaformer_for
+from ._utils import training_summary
 
 METHODS = ("spaformer", "cellplm")
 
@@ -142,7 +142,7 @@ def impute(
                 "n_genes": adata.obsm[key_added].shape[1],
                 "max_epochs": max_epochs,
                 "model": fitted._model_summary_string,
-                **cellplm_summary(fitted),
+                **training_summary(fitted),
             },
         )
         return adata if copy else None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import scvi
 from anndata import AnnData
@@ -108,14 +107,3 @@ def spaformer_for(
     if model is None:
         return fit_spaformer(adata, **fit_kwargs)
     return model, reuse_spaformer(model, adata)
-
-
-def training_summary(model: SpaFormer) -> dict[str, Any]:
-    """Final losses and epochs of a trained model, for ``uns['scfound']``."""
-    history = model.history or {}
-    out: dict[str, Any] = {}
-    for key in ("train_loss", "validation_loss"):
-        if key in history and len(history[key]):
-            out[f"final_{key}"] = float(np.asarray(history[key].iloc[-1, 0]))
-            out["epochs"] = len(history[key])
-    return out

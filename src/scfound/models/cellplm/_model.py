@@ -202,6 +202,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             )
         n_labels = self._n_labels()
         self.max_cells = max_cells
+        self.pretrained_ = False
         self.module = self._module_cls(
             n_vocab=len(vocabulary),
             input_genes=torch.from_numpy(input_genes),
@@ -334,10 +335,12 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
     ) -> CellPLM:
         """Carry a trained CellPLM over to new data (zero-shot use or fine-tuning).
 
-        The new model has the same vocabulary and weights; ``adata`` (registered with
-        :meth:`setup_anndata`) may hold any subset of the vocabulary's genes. Its samples are new
-        to the decoder, which therefore uses the mixture of the pre-training batch embeddings. A
-        new annotation head is created when ``adata`` was registered with ``labels_key``.
+        The new model has the same vocabulary and weights (``pretrained_`` is True, while
+        ``is_trained_`` and ``history`` describe training on ``adata`` only); ``adata``
+        (registered with :meth:`setup_anndata`) may hold any subset of the vocabulary's genes.
+        Its samples are new to the decoder, which therefore uses the mixture of the pre-training
+        batch embeddings. A new annotation head is created when ``adata`` was registered with
+        ``labels_key``.
 
         Parameters
         ----------
@@ -371,7 +374,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             k: v for k, v in model.module.state_dict().items() if not k.startswith("classifier")
         }
         new.module.load_state_dict(state, strict=False)
-        new.is_trained_ = model.is_trained_
+        new.pretrained_ = True
         return new
 
     @classmethod

@@ -198,7 +198,7 @@ def load_authors_checkpoint(
         if isinstance(items, list) and items:
             logger.warning("%s: %d (e.g. %s)", name, len(items), items[:5])
     model.pretrained_report_ = report
-    model.is_trained_ = True
+    model.pretrained_ = True
     model.module.eval()
     return model
 
