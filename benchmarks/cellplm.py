@@ -407,6 +407,12 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
 
 
 # -------------------------------------------------------------------------------- report
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def write_report(out: dict, args: argparse.Namespace, path: str) -> None:
     """Markdown report with the command that produced it."""
     lines = [
@@ -414,7 +420,8 @@ def write_report(out: dict, args: argparse.Namespace, path: str) -> None:
         "",
         f"Command: `python benchmarks/cellplm.py {' '.join(sys.argv[1:])}`",
         "",
-        f"Machine: {os.cpu_count()} CPU cores, no GPU; torch threads = cores. Seed {args.seed}.",
+        f"Machine: {os.cpu_count()} CPU cores, no GPU; {_torch_threads()} torch thread(s) "
+        f"(OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}). Seed {args.seed}.",
         "",
     ]
     if "parity" in out:
