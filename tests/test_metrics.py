@@ -1,15 +1,21 @@
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
-from scipy.stats import pearsonr, spearmanr
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import pearsonr, spearmanr, zscore
+from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
 
 from scfound.metrics import _imputation as imputation_module
 from scfound.metrics import (
+    annotation_scores,
     clustering_scores,
+    heldout_gene_scores,
     imputation_scores,
     normalize_log1p,
+    per_class_scores,
     per_gene_scores,
 )
 
@@ -221,3 +227,204 @@ def test_clustering_errors():
     bad[0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
         clustering_scores(bad, np.zeros(30))
+
+
+# ---------------------------------------------------------------- heldout_gene_scores
+
+
+@pytest.fixture
+def heldout():
+    """Raw counts of 12 held-out genes and an imputation on a log scale, shifted negative."""
+    rng = np.random.default_rng(3)
+    truth = rng.poisson(rng.gamma(1.5, 2.0, size=(300, 12))).astype(np.float64)
+    imputed = np.log1p(truth + rng.poisson(2.0, size=truth.shape)) - 0.5
+    genes = [f"gene{j}" for j in range(truth.shape[1])]
+    return truth, pd.DataFrame(imputed, columns=genes)
+
+
+def _jsd_reference(t, p):
+    return jensenshannon(np.clip(t, 0, None), np.clip(p, 0, None)) ** 2
+
+
+def test_heldout_matches_scipy(heldout, monkeypatch):
+    truth, imputed = heldout
+    assert (imputed.to_numpy() < 0).any()  # negatives are allowed in the imputation
+    monkeypatch.setattr(imputation_module, "_BLOCK_ENTRIES", 5 * truth.shape[0])  # 3 blocks
+    df = heldout_gene_scores(sp.csr_matrix(truth), imputed)
+    assert list(df.columns) == ["pcc", "scc", "rmse", "jsd"]
+    assert list(df.index) == list(imputed.columns)
+    p = imputed.to_numpy()
+    for j in range(truth.shape[1]):
+        t_j, p_j = truth[:, j], p[:, j]
+        assert df.iloc[j]["pcc"] == pytest.approx(pearsonr(t_j, p_j)[0], abs=1e-12)
+        assert df.iloc[j]["scc"] == pytest.approx(spearmanr(t_j, p_j)[0], abs=1e-12)
+        rmse = np.sqrt(np.mean((zscore(p_j) - zscore(t_j)) ** 2))
+        assert df.iloc[j]["rmse"] == pytest.approx(rmse, abs=1e-12)
+        assert df.iloc[j]["jsd"] == pytest.approx(_jsd_reference(t_j, p_j), abs=1e-12)
+    # scores differ between genes: the check above cannot pass with a constant answer
+    assert df["pcc"].std() > 0.01 and df["jsd"].std() > 1e-4
+
+
+def test_heldout_hand_computed_example():
+    truth = np.array([[0.0], [1.0], [3.0]])
+    imputed = np.array([[1.0], [1.0], [2.0]])
+    df = heldout_gene_scores(truth, imputed, gene_names=["Gad2"])
+    # z(t) = [-4, -1, 5] / sqrt(14), z(p) = [-1, -1, 2] / sqrt(2)
+    pcc = 5 / math.sqrt(28)
+    rmse = math.sqrt(
+        ((-1 / math.sqrt(2) + 4 / math.sqrt(14)) ** 2)
+        + ((-1 / math.sqrt(2) + 1 / math.sqrt(14)) ** 2)
+        + ((2 / math.sqrt(2) - 5 / math.sqrt(14)) ** 2)
+    ) / math.sqrt(3)
+    # ranks (1, 2, 3) and (1.5, 1.5, 3)
+    scc = 1.5 / math.sqrt(2 * 1.5)
+    # P = (0, 1/4, 3/4), Q = (1/4, 1/4, 1/2), M = (1/8, 1/4, 5/8)
+    kl_pm = 0.75 * math.log(0.75 / 0.625)
+    kl_qm = 0.25 * math.log(2.0) + 0.5 * math.log(0.5 / 0.625)
+    jsd = 0.5 * (kl_pm + kl_qm)
+    row = df.loc["Gad2"]
+    assert row["pcc"] == pytest.approx(pcc)
+    assert row["scc"] == pytest.approx(scc)
+    assert row["rmse"] == pytest.approx(rmse)
+    assert row["rmse"] == pytest.approx(math.sqrt(2 - 2 * pcc))
+    assert row["jsd"] == pytest.approx(jsd)
+
+
+def test_heldout_perfect_prediction_and_invariances(heldout):
+    truth, imputed = heldout
+    perfect = heldout_gene_scores(truth, truth)
+    np.testing.assert_allclose(perfect["pcc"], 1.0)
+    np.testing.assert_allclose(perfect["scc"], 1.0)
+    np.testing.assert_allclose(perfect["rmse"], 0.0, atol=1e-7)
+    np.testing.assert_allclose(perfect["jsd"], 0.0, atol=1e-12)
+    assert list(perfect.index) == list(range(truth.shape[1]))
+
+    base = heldout_gene_scores(truth, imputed)
+    factors = np.linspace(0.1, 50.0, truth.shape[1])
+    # a gene-wise scale and shift of the imputation leaves PCC, SCC and RMSE unchanged
+    affine = heldout_gene_scores(truth, imputed * factors + 3.0)
+    for key in ("pcc", "scc", "rmse"):
+        np.testing.assert_allclose(affine[key], base[key], rtol=1e-9)
+    # a gene-wise scale of either matrix leaves JSD unchanged; a shift changes it
+    scaled = heldout_gene_scores(truth * factors, imputed * factors[::-1])
+    np.testing.assert_allclose(scaled["jsd"], base["jsd"], rtol=1e-9)
+    assert not np.allclose(affine["jsd"], base["jsd"])
+    # a worse imputation scores worse
+    noise = np.random.default_rng(0).normal(0.0, 2.0, size=truth.shape)
+    worse = heldout_gene_scores(truth, imputed + noise)
+    assert (worse["pcc"] < base["pcc"]).all() and (worse["rmse"] > base["rmse"]).all()
+
+
+def test_heldout_constant_genes():
+    rng = np.random.default_rng(1)
+    truth = rng.poisson(3.0, size=(40, 5)).astype(float)
+    imputed = truth + rng.random(truth.shape)
+    truth[:, 0] = 0.0  # gene not detected
+    truth[:, 1] = 2.0  # constant, non-zero
+    imputed[:, 2] = 7.0  # constant imputation
+    imputed[:, 3] = -1.0  # no positive value in the imputation
+    df = heldout_gene_scores(truth, imputed)
+    assert df.loc[0].isna().all()
+    assert df.loc[1, ["pcc", "scc", "rmse"]].isna().all()
+    assert df.loc[1, "jsd"] == pytest.approx(_jsd_reference(truth[:, 1], imputed[:, 1]))
+    for j in (2, 3):
+        assert np.isnan(df.loc[j, "pcc"]) and np.isnan(df.loc[j, "scc"])
+        assert df.loc[j, "rmse"] == pytest.approx(1.0)
+        # an imputation without positive values counts as uniform, like a constant one
+        assert df.loc[j, "jsd"] == pytest.approx(_jsd_reference(truth[:, j], np.ones(40)))
+    assert df.loc[4].notna().all()
+
+
+def test_heldout_gene_names_from_dataframes(heldout):
+    truth, imputed = heldout
+    truth_df = pd.DataFrame(truth, columns=imputed.columns)
+    assert list(heldout_gene_scores(truth_df, imputed.to_numpy()).index) == list(imputed.columns)
+    names = [f"g{j}" for j in range(truth.shape[1])]
+    assert list(heldout_gene_scores(truth, imputed.to_numpy(), names).index) == names
+    with pytest.raises(ValueError, match="columns"):
+        heldout_gene_scores(truth_df, imputed[imputed.columns[::-1]])
+    with pytest.raises(ValueError, match="index"):
+        heldout_gene_scores(truth_df, imputed.set_axis(imputed.index + 1))
+    with pytest.raises(ValueError, match="gene_names"):
+        heldout_gene_scores(truth, imputed, names)
+
+
+def test_heldout_errors(heldout):
+    truth, imputed = heldout
+    p = imputed.to_numpy()
+    with pytest.raises(ValueError, match="shape"):
+        heldout_gene_scores(truth, p[:, :-1])
+    with pytest.raises(ValueError, match="gene_names"):
+        heldout_gene_scores(truth, p, gene_names=["a", "b"])
+    bad = p.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="`imputed` contains 1 NaN or infinite"):
+        heldout_gene_scores(truth, bad)
+    bad_truth = truth.copy()
+    bad_truth[0, 0] = np.inf
+    with pytest.raises(ValueError, match="`truth` contains 1 NaN or infinite"):
+        heldout_gene_scores(bad_truth, p)
+    with pytest.raises(ValueError, match="no cells"):
+        heldout_gene_scores(truth[:0], p[:0])
+    with pytest.raises(ValueError, match="2-d"):
+        heldout_gene_scores(truth[:, 0], p[:, 0])
+
+
+# ---------------------------------------------------------------- annotation
+
+
+def test_annotation_scores_hand_computed():
+    truth = ["a", "a", "b", "b", "c"]
+    predicted = ["a", "b", "b", "b", "d"]  # "d" is only predicted, "c" never
+    scores = annotation_scores(truth, predicted)
+    assert set(scores) == {"accuracy", "macro_f1", "weighted_f1"}
+    f1 = {"a": 2 / 3, "b": 0.8, "c": 0.0, "d": 0.0}
+    assert scores["accuracy"] == pytest.approx(0.6)
+    assert scores["macro_f1"] == pytest.approx(sum(f1.values()) / 4)
+    assert scores["weighted_f1"] == pytest.approx((2 * f1["a"] + 2 * f1["b"]) / 5)
+
+    df = per_class_scores(truth, predicted)
+    assert list(df.index) == ["a", "b", "c", "d"]
+    assert df.index.name == "class"
+    assert list(df.columns) == ["precision", "recall", "f1", "support"]
+    np.testing.assert_allclose(df["precision"], [1.0, 2 / 3, 0.0, 0.0])
+    np.testing.assert_allclose(df["recall"], [0.5, 1.0, 0.0, 0.0])
+    np.testing.assert_allclose(df["f1"], list(f1.values()))
+    assert df["support"].tolist() == [2, 2, 1, 0]
+
+
+def test_annotation_scores_match_sklearn():
+    rng = np.random.default_rng(0)
+    classes = np.array(["Astro", "Micro", "Oligo", "Pyramidal", "Endo"])
+    truth = rng.choice(classes[:4], 500, p=[0.1, 0.05, 0.35, 0.5])
+    predicted = np.where(rng.random(500) < 0.7, truth, rng.choice(classes, 500))
+    truth_cat = pd.Series(pd.Categorical(truth))  # categorical input as in adata.obs
+    scores = annotation_scores(truth_cat, list(predicted))
+    assert scores["accuracy"] == pytest.approx(accuracy_score(truth, predicted))
+    assert scores["macro_f1"] == pytest.approx(f1_score(truth, predicted, average="macro"))
+    assert scores["weighted_f1"] == pytest.approx(f1_score(truth, predicted, average="weighted"))
+    assert scores["macro_f1"] < scores["weighted_f1"]  # rare classes are predicted worse
+
+    df = per_class_scores(truth_cat, predicted)
+    precision, recall, f1, support = precision_recall_fscore_support(
+        truth, predicted, labels=sorted(classes), zero_division=0
+    )
+    assert list(df.index) == sorted(classes)
+    np.testing.assert_allclose(df["precision"], precision)
+    np.testing.assert_allclose(df["recall"], recall)
+    np.testing.assert_allclose(df["f1"], f1)
+    np.testing.assert_array_equal(df["support"], support)
+    assert df.loc["Endo", "support"] == 0 and df.loc["Endo", "precision"] == 0.0
+
+
+def test_annotation_errors():
+    with pytest.raises(ValueError, match="`truth` has 3 labels but `predicted` has 2"):
+        annotation_scores(["a", "b", "a"], ["a", "b"])
+    with pytest.raises(ValueError, match="empty"):
+        annotation_scores([], [])
+    with pytest.raises(ValueError, match="missing"):
+        per_class_scores(["a", None], ["a", "b"])
+    with pytest.raises(ValueError, match="one-dimensional"):
+        per_class_scores(np.zeros((2, 2)), np.zeros((2, 2)))
+    with pytest.raises(ValueError, match="`predicted` has 1;"):
+        per_class_scores(["a", "b"], ["a"])

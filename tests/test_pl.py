@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.figure import Figure
 
-from scfound import pl
+from scfound import metrics, pl
 
 GENES = ["g0", "g1", "g2", "g3", "g4", "g5"]
 
@@ -122,6 +122,150 @@ def test_imputed_genes_bad_values(adata):
     adata.layers["counts_mask"] = adata.layers["counts"]
     with pytest.raises(ValueError, match="boolean"):
         pl.imputed_genes(adata, "g0", mask_layer="counts_mask", show=False)
+
+
+# ------------------------------------------------------------------ imputed_genes from obsm
+@pytest.fixture
+def adata_obsm(adata) -> AnnData:
+    """``adata`` with a reference-based imputation of one measured and two unmeasured genes."""
+    rng = np.random.default_rng(2)
+    adata.obsm["stai_imputed"] = pd.DataFrame(
+        rng.normal(5.0, 2.0, size=(adata.n_obs, 3)),
+        index=adata.obs_names,
+        columns=["Mbp", "g1", "Mog"],
+    )
+    return adata
+
+
+def test_imputed_genes_from_obsm_measured_and_unmeasured(adata_obsm):
+    fig = pl.imputed_genes(adata_obsm, ["g1", "Mbp"], imputed_key="stai_imputed", show=False)
+    # g1: measured + imputed panels; Mbp: imputed panel only (its measured slot removed);
+    # one colour bar per panel, as the two panels of g1 are on different scales
+    assert len(fig.axes) == 3 + 3
+    titles = [ax.get_title() for ax in fig.axes[:3]]
+    assert titles == ["g1: measured", "imputed", "Mbp: imputed (not measured)"]
+    frame = adata_obsm.obsm["stai_imputed"]
+    measured_ax, g1_ax, mbp_ax = fig.axes[:3]
+    # values as stored (not normalised), each on its own colour scale
+    for ax, gene in ((g1_ax, "g1"), (mbp_ax, "Mbp")):
+        shown = np.asarray(ax.collections[0].get_array())
+        np.testing.assert_allclose(np.sort(shown), np.sort(frame[gene]))
+        assert ax.collections[0].get_clim() == (frame[gene].min(), frame[gene].max())
+    # the measured panel is the same as without imputed_key
+    reference = pl.imputed_genes(adata_obsm, "g1", show=False)
+    np.testing.assert_allclose(
+        np.asarray(measured_ax.collections[0].get_array()),
+        np.asarray(reference.axes[0].collections[0].get_array()),
+    )
+
+
+def test_imputed_genes_from_obsm_unmeasured_only_and_mask(adata_obsm, tmp_path):
+    fig = pl.imputed_genes(
+        adata_obsm, ["Mbp", "Mog"], imputed_key="stai_imputed", mask_layer="mask", show=False
+    )
+    # no measured gene: one panel and one colour bar per gene
+    assert len(fig.axes) == 2 + 2
+    assert [ax.get_title() for ax in fig.axes[:2]] == [
+        "Mbp: imputed (not measured)",
+        "Mog: imputed (not measured)",
+    ]
+    path = tmp_path / "obsm.png"
+    fig = pl.imputed_genes(
+        adata_obsm,
+        ["g1", "Mog"],
+        imputed_key="stai_imputed",
+        mask_layer="mask",
+        ncols=2,
+        save=path,
+        show=False,
+    )
+    # g1: measured, imputed, held-out; Mog: imputed in the column of the imputed panels
+    assert [ax.get_title() for ax in fig.axes[:4]] == [
+        "g1: measured",
+        "imputed",
+        "measured (held-out entries)",
+        "Mog: imputed (not measured)",
+    ]
+    assert len(fig.axes) == 4 + 4
+    held_clim = fig.axes[2].collections[-1].get_clim()
+    assert held_clim == fig.axes[0].collections[0].get_clim()
+    assert _png_ok(path)
+
+
+def test_imputed_genes_from_obsm_errors(adata_obsm):
+    with pytest.raises(KeyError, match=r"'stai'.*'spatial'.*'stai_imputed'"):
+        pl.imputed_genes(adata_obsm, "Mbp", imputed_key="stai", show=False)
+    with pytest.raises(KeyError, match=r"neither in adata.var_names nor imputed: \['Nope'\]"):
+        pl.imputed_genes(adata_obsm, ["Mbp", "Nope"], imputed_key="stai_imputed", show=False)
+    with pytest.raises(KeyError, match=r"without imputation.*\['g0'\]"):
+        pl.imputed_genes(adata_obsm, ["g0"], imputed_key="stai_imputed", show=False)
+    adata_obsm.obsm["array"] = np.zeros((adata_obsm.n_obs, 2))
+    with pytest.raises(TypeError, match="DataFrame"):
+        pl.imputed_genes(adata_obsm, "Mbp", imputed_key="array", show=False)
+    adata_obsm.obsm["stai_imputed"].iloc[0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        pl.imputed_genes(adata_obsm, "Mbp", imputed_key="stai_imputed", show=False)
+
+
+# ------------------------------------------------------------------ annotation
+@pytest.fixture
+def labelled() -> AnnData:
+    rng = np.random.default_rng(4)
+    truth = rng.choice(["Astro", "Oligo", "Pyramidal"], 200, p=[0.2, 0.3, 0.5])
+    predicted = np.where(rng.random(200) < 0.75, truth, rng.choice(["Astro", "Endo"], 200))
+    ad = AnnData(np.zeros((200, 1), dtype=np.float32))
+    ad.obs["celltype"] = pd.Categorical(truth)
+    ad.obs["stai_prediction"] = pd.Categorical(predicted)
+    return ad
+
+
+def test_annotation_confusion_and_f1(labelled, tmp_path):
+    path = tmp_path / "annotation.png"
+    fig = pl.annotation(labelled, "celltype", save=path, show=False)
+    assert isinstance(fig, Figure)
+    assert len(fig.axes) == 3  # confusion matrix, F1 bars, colour bar
+    ax, ax_f1 = fig.axes[:2]
+    assert ax.get_title() == "confusion matrix (row-normalised)"
+    assert ax_f1.get_title() == "F1 per class"
+    # true classes on the rows; the class that is only predicted is the last column
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Astro", "Oligo", "Pyramidal"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["Astro", "Oligo", "Pyramidal", "Endo"]
+    truth = labelled.obs["celltype"].astype(str).to_numpy()
+    predicted = labelled.obs["stai_prediction"].astype(str).to_numpy()
+    matrix = np.asarray(ax.images[0].get_array())
+    np.testing.assert_allclose(matrix.sum(axis=1), 1.0)
+    expected = pd.crosstab(truth, predicted, normalize="index")
+    np.testing.assert_allclose(matrix, expected[["Astro", "Oligo", "Pyramidal", "Endo"]])
+    widths = [bar.get_width() for bar in ax_f1.patches]
+    f1 = metrics.per_class_scores(truth, predicted)["f1"]
+    np.testing.assert_allclose(widths, f1[["Astro", "Oligo", "Pyramidal"]])
+    accuracy = (truth == predicted).mean()
+    assert f"accuracy {accuracy:.3f}" in fig.get_suptitle()
+    assert _png_ok(path)
+
+
+def test_annotation_counts_from_dataframe(labelled):
+    obs = labelled.obs.rename(columns={"stai_prediction": "pred"})
+    fig = pl.annotation(obs, "celltype", "pred", normalize=False, show=False)
+    ax = fig.axes[0]
+    assert ax.get_title() == "confusion matrix"
+    matrix = np.asarray(ax.images[0].get_array())
+    assert matrix.sum() == len(obs)
+    np.testing.assert_array_equal(matrix.sum(axis=1), obs["celltype"].value_counts().sort_index())
+    assert fig.number not in plt.get_fignums()
+
+
+def test_annotation_errors(labelled):
+    with pytest.raises(KeyError, match=r"truth_key 'cell_type'.*celltype"):
+        pl.annotation(labelled, "cell_type", show=False)
+    with pytest.raises(KeyError, match="prediction_key 'scanvi_prediction'"):
+        pl.annotation(labelled, "celltype", "scanvi_prediction", show=False)
+    labelled.obs["stai_prediction"] = labelled.obs["stai_prediction"].astype(object)
+    labelled.obs.iloc[0, 1] = None
+    with pytest.raises(ValueError, match=r"'stai_prediction'\] has 1 missing"):
+        pl.annotation(labelled, "celltype", show=False)
+    with pytest.raises(TypeError, match="AnnData"):
+        pl.annotation(np.zeros(3), "celltype", show=False)
 
 
 # ------------------------------------------------------------------ gene_scores

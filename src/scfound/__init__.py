@@ -3,11 +3,11 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, metrics, pl, pp, tl
-from .models import CellPLM, SpaFormer
+from .models import STAI, CellPLM, SpaFormer
 
 try:
     __version__ = version("scfound")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["CellPLM", "SpaFormer", "datasets", "metrics", "pl", "pp", "tl"]
+__all__ = ["STAI", "CellPLM", "SpaFormer", "datasets", "metrics", "pl", "pp", "tl"]

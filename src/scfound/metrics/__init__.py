@@ -1,6 +1,15 @@
 """Evaluation metrics: one definition of each score used in benchmarks and tools."""
 
+from ._annotation import annotation_scores, per_class_scores
 from ._clustering import clustering_scores
-from ._imputation import imputation_scores, normalize_log1p, per_gene_scores
+from ._imputation import heldout_gene_scores, imputation_scores, normalize_log1p, per_gene_scores
 
-__all__ = ["clustering_scores", "imputation_scores", "normalize_log1p", "per_gene_scores"]
+__all__ = [
+    "annotation_scores",
+    "clustering_scores",
+    "heldout_gene_scores",
+    "imputation_scores",
+    "normalize_log1p",
+    "per_class_scores",
+    "per_gene_scores",
+]

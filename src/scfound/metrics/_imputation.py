@@ -1,10 +1,11 @@
-"""Imputation metrics on held-out entries (SpaFormer protocol) and per gene."""
+"""Imputation metrics: held-out entries (SpaFormer protocol), per gene, held-out genes (stAI)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from scipy.special import rel_entr
 from scipy.stats import rankdata
 
 from .._utils import check_expression, to_dense
@@ -17,6 +18,7 @@ _BLOCK_ENTRIES = 4_000_000
 _REL_TOL = 1e-24
 
 Matrix = np.ndarray | sp.spmatrix
+GeneNames = list[str] | np.ndarray | pd.Index
 
 
 def normalize_log1p(X: Matrix, target_sum: float) -> np.ndarray:
@@ -72,7 +74,10 @@ def _as_matrix(X: Matrix) -> Matrix:
     return sp.csr_matrix(X) if X.format not in ("csr", "csc") else X
 
 
-def _check_inputs(truth: Matrix, imputed: Matrix, mask: Matrix | None) -> None:
+def _check_inputs(
+    truth: Matrix, imputed: Matrix, mask: Matrix | None, *, counts: bool = True
+) -> None:
+    """Shapes agree and values are finite (and, with ``counts``, non-negative)."""
     if truth.ndim != 2:
         raise ValueError(f"`truth` must be a 2-d cells x genes matrix, got shape {truth.shape}.")
     if imputed.shape != truth.shape:
@@ -81,8 +86,20 @@ def _check_inputs(truth: Matrix, imputed: Matrix, mask: Matrix | None) -> None:
         )
     if mask is not None and mask.shape != truth.shape:
         raise ValueError(f"`mask` has shape {mask.shape} but `truth` has shape {truth.shape}.")
-    check_expression(truth, "`truth`")
-    check_expression(imputed, "`imputed`")
+    check_expression(truth, "`truth`", counts=counts)
+    check_expression(imputed, "`imputed`", counts=counts)
+
+
+def _gene_index(gene_names: GeneNames | None, n_vars: int) -> pd.Index:
+    """Index of a per-gene result: ``gene_names``, or ``0 .. n_vars - 1``."""
+    if gene_names is None:
+        return pd.RangeIndex(n_vars, name="gene")
+    index = pd.Index(gene_names, name="gene")
+    if len(index) != n_vars:
+        raise ValueError(
+            f"`gene_names` has {len(index)} entries but the matrices have {n_vars} genes."
+        )
+    return index
 
 
 def _as_mask(mask: Matrix) -> np.ndarray | sp.csr_matrix:
@@ -204,7 +221,7 @@ def per_gene_scores(
     mask: Matrix | None = None,
     *,
     target_sum: float | None = None,
-    gene_names: list[str] | np.ndarray | pd.Index | None = None,
+    gene_names: GeneNames | None = None,
 ) -> pd.DataFrame:
     """Per-gene Pearson, Spearman and RMSE between imputed and true expression.
 
@@ -245,14 +262,7 @@ def per_gene_scores(
         mask = _as_mask(mask)
     _check_inputs(truth, imputed, mask)
     n_obs, n_vars = truth.shape
-    if gene_names is None:
-        index = pd.RangeIndex(n_vars, name="gene")
-    else:
-        index = pd.Index(gene_names, name="gene")
-        if len(index) != n_vars:
-            raise ValueError(
-                f"`gene_names` has {len(index)} entries but the matrices have {n_vars} genes."
-            )
+    index = _gene_index(gene_names, n_vars)
     truth_totals = _row_totals(truth)
     imputed_totals = _row_totals(imputed)
     target_sum = _default_target_sum(truth_totals, target_sum)
@@ -297,3 +307,174 @@ def _masked_pearson(t: np.ndarray, p: np.ndarray, sel: np.ndarray) -> np.ndarray
     constant_p = var_p <= _REL_TOL * (np.where(sel, p, 0.0) ** 2).sum(axis=0)
     r[(n < 2) | constant_t | constant_p] = np.nan
     return np.clip(r, -1.0, 1.0)
+
+
+def heldout_gene_scores(
+    truth: Matrix | pd.DataFrame,
+    imputed: Matrix | pd.DataFrame,
+    gene_names: GeneNames | None = None,
+) -> pd.DataFrame:
+    """Per-gene PCC, SCC, z-scored RMSE and JSD of imputed genes, over all cells.
+
+    The evaluation of stAI and of the benchmark of Li et al. (2022, *Nature Methods*): genes of
+    a spatial dataset are held out, imputed from a reference, and each gene is compared with its
+    measured values across cells. With ``t`` the ground truth and ``p`` the imputation of one gene
+    over ``n`` cells:
+
+    - ``pcc``: Pearson correlation of ``t`` and ``p``;
+    - ``scc``: Spearman correlation (Pearson of the ranks, ties averaged);
+    - ``rmse``: ``sqrt(mean((z(p) - z(t))**2))``, where ``z`` is the z-score over cells
+      (``(x - mean(x)) / std(x)``, ``ddof=0``). It lies in ``[0, 2]`` and equals
+      ``sqrt(2 - 2 * pcc)``;
+    - ``jsd``: Jensen-Shannon divergence (natural log, so in ``[0, ln 2]``; the divergence, not
+      its square root) between ``P = t / sum(t)`` and ``Q = p / sum(p)``, after negative values
+      of either are set to 0.
+
+    No normalisation is applied, and none is needed: PCC, SCC and RMSE do not change when a gene
+    is shifted or scaled, JSD not when it is scaled, so ``truth`` can be raw counts and
+    ``imputed`` on any scale (e.g. a reference's log-normalised values).
+
+    Parameters
+    ----------
+    truth
+        Ground truth of the genes, cells x genes (dense, sparse or a DataFrame), finite, e.g. the
+        raw counts of the held-out genes.
+    imputed
+        Imputed values of the same genes in the same order, cells x genes, finite, on any scale;
+        a :class:`~pandas.DataFrame` (such as ``adata.obsm["stai_imputed"]``) gives the gene names.
+    gene_names
+        Index of the result. Default: the columns of ``imputed`` (or of ``truth``) when it is a
+        DataFrame, else ``0 .. n_genes - 1``.
+
+    Returns
+    -------
+    DataFrame indexed by gene with columns ``'pcc'``, ``'scc'``, ``'rmse'`` and ``'jsd'``.
+
+    A gene whose true values are constant (e.g. all zero) cannot be scored against: its
+    ``pcc``, ``scc`` and ``rmse`` are NaN. A constant imputation of a varying gene has NaN
+    ``pcc`` and ``scc`` but ``rmse`` 1 (its z-scores are taken as 0, the score of an
+    uncorrelated imputation), so that it is not dropped from a summary over genes. ``jsd`` is
+    NaN when the truth has no positive value; an imputation with no positive value is treated
+    as uniform over cells, like any other constant imputation.
+
+    Raises
+    ------
+    ValueError
+        If the shapes differ, values are NaN or infinite, there are no cells, ``gene_names`` has
+        the wrong length, or DataFrame inputs disagree on genes or cells.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import pandas as pd
+    >>> from scfound.metrics import heldout_gene_scores
+    >>> truth = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 3.0]])
+    >>> imputed = pd.DataFrame(np.log1p(truth), columns=["Gad2", "Mbp"])
+    >>> heldout_gene_scores(truth, imputed)["scc"].round(6).tolist()
+    [1.0, 1.0]
+    """
+    index = _heldout_gene_index(truth, imputed, gene_names)
+    truth, imputed = (
+        x.to_numpy(dtype=np.float64) if isinstance(x, pd.DataFrame) else _as_matrix(x)
+        for x in (truth, imputed)
+    )
+    _check_inputs(truth, imputed, None, counts=False)
+    n_obs, n_vars = truth.shape
+    if n_obs == 0:
+        raise ValueError("`truth` has no cells; nothing to score.")
+    index = _gene_index(index, n_vars)
+    if sp.issparse(truth):
+        truth = sp.csc_matrix(truth)
+    if sp.issparse(imputed):
+        imputed = sp.csc_matrix(imputed)
+
+    out = {key: np.full(n_vars, np.nan) for key in ("pcc", "scc", "rmse", "jsd")}
+    block = max(1, _BLOCK_ENTRIES // n_obs)
+    for start in range(0, n_vars, block):
+        cols = slice(start, min(start + block, n_vars))
+        t = to_dense(truth[:, cols], np.float64)
+        p = to_dense(imputed[:, cols], np.float64)
+        z_t, constant_t = _zscore(t)
+        z_p, constant_p = _zscore(p)
+        rmse = np.sqrt(np.mean((z_p - z_t) ** 2, axis=0))
+        rmse[constant_t] = np.nan
+        out["rmse"][cols] = rmse
+        out["pcc"][cols] = _pearson_of_zscores(z_t, z_p, constant_t | constant_p)
+        del z_t, z_p
+        zr_t, _ = _zscore(rankdata(t, axis=0))
+        zr_p, _ = _zscore(rankdata(p, axis=0))
+        out["scc"][cols] = _pearson_of_zscores(zr_t, zr_p, constant_t | constant_p)
+        del zr_t, zr_p
+        out["jsd"][cols] = _jensen_shannon(t, p)
+    return pd.DataFrame(out, index=index)
+
+
+def _heldout_gene_index(
+    truth: Matrix | pd.DataFrame, imputed: Matrix | pd.DataFrame, gene_names: GeneNames | None
+) -> GeneNames | None:
+    """Gene names of :func:`heldout_gene_scores`, checked against DataFrame inputs."""
+    frames = {
+        name: x
+        for name, x in (("imputed", imputed), ("truth", truth))
+        if isinstance(x, pd.DataFrame)
+    }
+    if "imputed" in frames and "truth" in frames:
+        if not imputed.columns.equals(truth.columns):
+            raise ValueError(
+                "the columns (genes) of `truth` and `imputed` differ; select the same genes in "
+                "the same order, e.g. `imputed[truth.columns]`."
+            )
+        if not imputed.index.equals(truth.index):
+            raise ValueError(
+                "the index (cells) of `truth` and `imputed` differ; align them first, e.g. "
+                "`imputed.loc[truth.index]`."
+            )
+    if gene_names is None:
+        return next((frame.columns for frame in frames.values()), None)
+    for name, frame in frames.items():
+        if len(gene_names) == frame.shape[1] and not frame.columns.equals(pd.Index(gene_names)):
+            raise ValueError(
+                f"`gene_names` differ from the columns of `{name}`; leave `gene_names` out to "
+                "use the DataFrame's columns."
+            )
+    return gene_names
+
+
+def _zscore(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column-wise z-scores (``ddof=0``) and a flag of constant columns, whose z-scores are 0."""
+    mean = x.mean(axis=0)
+    centred = x - mean
+    ss = (centred * centred).sum(axis=0)
+    constant = ss <= _REL_TOL * (x * x).sum(axis=0)
+    scale = np.sqrt(ss / len(x))
+    scale[constant] = 1.0
+    centred /= scale
+    centred[:, constant] = 0.0
+    return centred, constant
+
+
+def _pearson_of_zscores(z_t: np.ndarray, z_p: np.ndarray, undefined: np.ndarray) -> np.ndarray:
+    """Column-wise Pearson correlation from z-scores; NaN where ``undefined``."""
+    r = np.clip(np.mean(z_t * z_p, axis=0), -1.0, 1.0)
+    r[undefined] = np.nan
+    return r
+
+
+def _jensen_shannon(t: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """Column-wise JS divergence (natural log) of the sum-normalised, 0-clipped columns."""
+    n_obs = len(t)
+
+    def distribution(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = np.clip(x, 0.0, None)
+        total = x.sum(axis=0)
+        empty = total <= 0
+        dist = np.divide(x, total, out=np.full_like(x, 1.0 / n_obs), where=~empty)
+        return dist, empty
+
+    P, empty_t = distribution(t)
+    Q, _ = distribution(p)
+    M = 0.5 * (P + Q)
+    jsd = 0.5 * (rel_entr(P, M).sum(axis=0) + rel_entr(Q, M).sum(axis=0))
+    jsd = np.clip(jsd, 0.0, np.log(2.0))
+    jsd[empty_t] = np.nan
+    return jsd

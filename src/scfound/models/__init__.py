@@ -2,5 +2,6 @@
 
 from .cellplm import CellPLM
 from .spaformer import SpaFormer, SpaFormerModule
+from .stai import STAI
 
-__all__ = ["CellPLM", "SpaFormer", "SpaFormerModule"]
+__all__ = ["STAI", "CellPLM", "SpaFormer", "SpaFormerModule"]

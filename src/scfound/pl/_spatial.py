@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.axes import Axes
@@ -28,6 +29,7 @@ def imputed_genes(
     *,
     measured_layer: str | None = "counts",
     imputed_layer: str = "spaformer_imputed",
+    imputed_key: str | None = None,
     spatial_key: str = "spatial",
     mask_layer: str | None = None,
     normalize: bool = True,
@@ -43,16 +45,29 @@ def imputed_genes(
     values, the imputed values and, when ``mask_layer`` is given, the measured values at the
     entries held out for evaluation only (the other cells in grey).
 
+    With ``imputed_key``, the imputed values come from a DataFrame in ``adata.obsm`` instead, such
+    as the genes a dataset does not measure imputed from a reference (``obsm["stai_imputed"]``,
+    one column per gene). A gene that is also in ``adata.var_names`` keeps its measured (and
+    held-out) panels; a gene that is not measured gets only the panel "<gene>: imputed (not
+    measured)". These values are on the scale of the method's output (e.g. the reference's
+    log-normalised expression), so they are shown as stored, with a colour scale of their own;
+    ``normalize`` applies to the measured values only.
+
     Parameters
     ----------
     adata
         Annotated data matrix with coordinates in ``adata.obsm[spatial_key]``.
     genes
-        A gene name or a list of names from ``adata.var_names``.
+        A gene name or a list of names from ``adata.var_names`` or, with ``imputed_key``, from
+        the columns of ``adata.obsm[imputed_key]``.
     measured_layer
         Layer with the measured expression (``None`` for ``adata.X``).
     imputed_layer
-        Layer with the imputed expression, e.g. written by :func:`scfound.tl.impute`.
+        Layer with the imputed expression, e.g. written by :func:`scfound.tl.impute`. Not used
+        when ``imputed_key`` is given.
+    imputed_key
+        Key of a :class:`~pandas.DataFrame` in ``adata.obsm`` (cells x imputed genes, gene names
+        as columns) to read the imputed values from, e.g. ``"stai_imputed"``.
     spatial_key
         Key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
     mask_layer
@@ -76,13 +91,15 @@ def imputed_genes(
 
     Returns
     -------
-    The figure; its axes are ordered gene by gene, panels left to right, then one colour bar per
-    gene.
+    The figure; its axes are ordered gene by gene, panels left to right, then the colour bars:
+    one per gene, or with ``imputed_key`` one per panel.
 
     Raises
     ------
     KeyError
-        If genes, layers or the coordinates are missing.
+        If genes, layers, ``adata.obsm[imputed_key]`` or the coordinates are missing.
+    TypeError
+        If ``adata.obsm[imputed_key]`` is not a DataFrame.
     ValueError
         If values are not finite, negative with ``normalize=True``, or the mask is not boolean.
 
@@ -93,25 +110,39 @@ def imputed_genes(
     >>> sf.pp.spatial_tiles(adata, n_tiles=16)
     >>> sf.tl.impute(adata, layer="counts", group_key="spatial_tile")
     >>> sf.pl.imputed_genes(adata, ["Gad2", "Rorb"])
+
+    Genes imputed from a reference, measured (``Gad2``) or not (``Mbp``):
+
+    >>> sf.pl.imputed_genes(adata, ["Gad2", "Mbp"], imputed_key="stai_imputed")
     """
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
         raise ValueError("`genes` is empty; pass at least one gene name.")
     gene_idx = adata.var_names.get_indexer(genes)
-    missing = [g for g, i in zip(genes, gene_idx, strict=True) if i < 0]
-    if missing:
-        raise KeyError(f"genes not found in adata.var_names: {missing}.")
+    if imputed_key is None:
+        missing = [g for g, i in zip(genes, gene_idx, strict=True) if i < 0]
+        if missing:
+            raise KeyError(f"genes not found in adata.var_names: {missing}.")
     if adata.n_obs == 0:
         raise ValueError("adata has no cells to plot.")
     if ncols is not None and ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}.")
 
     coords = get_spatial(adata, spatial_key)
-    measured = _expression(adata, measured_layer, gene_idx, normalize)
-    imputed = _expression(adata, imputed_layer, gene_idx, normalize)
-    held_out = None if mask_layer is None else _mask(adata, mask_layer, gene_idx)
+    if imputed_key is None:
+        imputed = _expression(adata, imputed_layer, gene_idx, normalize)
+    else:
+        imputed = _obsm_expression(adata, imputed_key, genes)
+    is_measured = gene_idx >= 0
+    # columns of `measured` / `held_out`: the measured genes, in the order of `genes`
+    column = np.cumsum(is_measured) - 1
+    measured = held_out = None
+    if is_measured.any():
+        measured = _expression(adata, measured_layer, gene_idx[is_measured], normalize)
+        if mask_layer is not None:
+            held_out = _mask(adata, mask_layer, gene_idx[is_measured])
 
-    n_panels = 2 if held_out is None else 3
+    n_panels = 1 if measured is None else (2 if held_out is None else 3)
     ncols = min(ncols or 1, len(genes))
     nrows = math.ceil(len(genes) / ncols)
     span = np.ptp(coords, axis=0)
@@ -124,31 +155,99 @@ def imputed_genes(
         layout="constrained",
     )
     size = point_size if point_size is not None else float(np.clip(3e4 / adata.n_obs, 0.5, 30.0))
+    measured_label = "log1p(normalised)" if normalize else "expression"
+    labels = {
+        "measured": measured_label,
+        "imputed": measured_label if imputed_key is None else "imputed (as stored)",
+        "shared": measured_label,
+    }
 
     for k, gene in enumerate(genes):
         row, col = divmod(k, ncols)
         group = list(axes[row, col * n_panels : (col + 1) * n_panels])
-        panels = [measured[:, k], imputed[:, k]]
-        if held_out is not None:
-            panels.append(np.where(held_out[:, k], measured[:, k], np.nan))
-        vmin = float(min(np.nanmin(p) for p in panels[:2]))
-        vmax = float(max(np.nanmax(p) for p in panels[:2]))
-        if not vmax > vmin:
-            vmax = vmin + 1.0
-        titles = [f"{gene}: measured", "imputed", "measured (held-out entries)"]
-        mappable = None
-        for ax, values, title in zip(group, panels, titles, strict=False):
-            mappable = _scatter(ax, coords, values, size, cmap, vmin, vmax)
+        # (slot in the group, values, title, colour scale)
+        if is_measured[k]:
+            m = measured[:, column[k]]
+            panels = [
+                (0, m, f"{gene}: measured", "measured"),
+                (1, imputed[:, k], "imputed", "imputed"),
+            ]
+            if held_out is not None:
+                held = np.where(held_out[:, column[k]], m, np.nan)
+                panels.append((2, held, "measured (held-out entries)", "measured"))
+        else:
+            title = f"{gene}: imputed (not measured)"
+            panels = [(min(1, n_panels - 1), imputed[:, k], title, "imputed")]
+        if imputed_key is None:
+            # layers of the same kind: one colour scale per gene
+            panels = [(slot, values, title, "shared") for slot, values, title, _ in panels]
+        limits = {
+            scale: _limits([values for _, values, _, s in panels if s == scale])
+            for scale in {scale for *_, scale in panels}
+        }
+        drawn = []
+        for slot, values, title, scale in panels:
+            ax = group[slot]
+            mappable = _scatter(ax, coords, values, size, cmap, *limits[scale])
             ax.set_title(title, fontsize="medium")
-        fig.colorbar(
-            mappable,
-            ax=group,
-            shrink=0.8,
-            label="log1p(normalised)" if normalize else "expression",
-        )
+            drawn.append((ax, mappable, labels[scale]))
+        used = {slot for slot, *_ in panels}
+        for slot, ax in enumerate(group):
+            if slot not in used:
+                ax.remove()
+        if imputed_key is None:
+            fig.colorbar(drawn[-1][1], ax=group, shrink=0.8, label=drawn[-1][2])
+        else:
+            for ax, mappable, label in drawn:
+                fig.colorbar(mappable, ax=ax, shrink=0.8, label=label)
     for ax in axes.ravel()[len(genes) * n_panels :]:
         ax.remove()
     return finish_figure(fig, show=show, save=save)
+
+
+def _limits(panels: list[np.ndarray]) -> tuple[float, float]:
+    """Common ``(vmin, vmax)`` of the non-NaN values of panels; a range of 1 if constant."""
+    values = np.concatenate(panels)
+    vmin, vmax = float(np.nanmin(values)), float(np.nanmax(values))
+    if not vmax > vmin:
+        vmax = vmin + 1.0
+    return vmin, vmax
+
+
+def _obsm_expression(adata: AnnData, key: str, genes: list[str]) -> np.ndarray:
+    """Dense ``(n_obs, n_genes)`` values of ``genes`` from the DataFrame ``adata.obsm[key]``."""
+    if key not in adata.obsm:
+        raise KeyError(
+            f"imputed values adata.obsm[{key!r}] not found (obsm has {list(adata.obsm.keys())}); "
+            "pass `imputed_key=`."
+        )
+    frame = adata.obsm[key]
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(
+            f"adata.obsm[{key!r}] must be a pandas DataFrame with gene names as columns, got "
+            f"{type(frame).__name__}."
+        )
+    if not frame.columns.is_unique:
+        raise ValueError(f"adata.obsm[{key!r}] has duplicated column names.")
+    idx = frame.columns.get_indexer(genes)
+    missing = [g for g, i in zip(genes, idx, strict=True) if i < 0]
+    if missing:
+        measured = [g for g in missing if g in adata.var_names]
+        unmeasured = [g for g in missing if g not in adata.var_names]
+        shown = list(frame.columns[:20]) + (["..."] if len(frame.columns) > 20 else [])
+        parts = []
+        if unmeasured:
+            parts.append(f"genes neither in adata.var_names nor imputed: {unmeasured}")
+        if measured:
+            parts.append(
+                f"measured genes without imputation in adata.obsm[{key!r}]: {measured} (for a "
+                "layer's imputation pass `imputed_layer=` and `imputed_key=None`)"
+            )
+        raise KeyError("; ".join(parts) + f". Imputed genes in adata.obsm[{key!r}]: {shown}.")
+    values = frame.iloc[:, idx].to_numpy(dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"adata.obsm[{key!r}] contains NaN or infinite values.")
+    return values
 
 
 def _expression(

@@ -3,5 +3,6 @@
 from ._cellplm_tools import annotate, denoise
 from ._embed import embed
 from ._impute import impute
+from ._stai import imputed_anndata
 
-__all__ = ["annotate", "denoise", "embed", "impute"]
+__all__ = ["annotate", "denoise", "embed", "impute", "imputed_anndata"]

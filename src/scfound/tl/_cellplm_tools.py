@@ -213,17 +213,23 @@ def annotate(
     gene_key: str | None = None,
     unlabeled_category: str = UNKNOWN,
     key_added: str | None = None,
-    max_epochs: int = 50,
+    max_epochs: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
-    """Annotate cell types by fine-tuning CellPLM with a classification head.
+    """Annotate cell types with CellPLM or stAI.
 
-    Either ``adata.obs[labels_key]`` labels some cells (the others are ``unlabeled_category`` or
+    ``method="cellplm"`` fine-tunes CellPLM with a classification head. Either
+    ``adata.obs[labels_key]`` labels some cells (the others are ``unlabeled_category`` or
     missing) and the rest are predicted, or a labelled ``reference`` (``reference.obs[labels_key]``)
     is joined with ``adata`` (genes matched by name) and every cell of ``adata`` is predicted.
+
+    ``method="stai"`` trains an :class:`~scfound.STAI` on the spatial ``adata`` and a labelled
+    ``reference`` with the authors' annotation loss weights (classifier 10, imputation 2, gene
+    consistency 1, class weights ``n_c ** -2``), and predicts every spatial cell with the
+    classifier on its latent vector, averaged over the gene-fold submodels.
 
     Parameters
     ----------
@@ -234,10 +240,11 @@ def annotate(
     reference
         Labelled reference AnnData (optional).
     method
-        ``"cellplm"``.
+        ``"cellplm"`` or ``"stai"`` (needs a ``reference`` and coordinates in
+        ``adata.obsm[spatial_key]``, default ``"spatial"``).
     model
-        Pre-trained :class:`~scfound.CellPLM` or checkpoint prefix to fine-tune; ``None`` trains
-        a small CellPLM from scratch.
+        Pre-trained :class:`~scfound.CellPLM` or checkpoint prefix to fine-tune; a trained
+        :class:`~scfound.STAI` of ``adata``'s cells; ``None`` trains a model.
     layer, reference_layer, sample_key, reference_sample_key, spatial_key, gene_key
         Counts layers, sample columns, coordinates and gene identifiers.
     unlabeled_category
@@ -245,7 +252,7 @@ def annotate(
     key_added
         Prefix of the outputs; default ``"cellplm"``.
     max_epochs, model_kwargs, train_kwargs, seed
-        Fine-tuning settings.
+        Training settings (``max_epochs=None``: 50 for CellPLM, about 300 steps for stAI).
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -256,16 +263,37 @@ def annotate(
     ``uns['scfound']['annotate']``.
 
     """
-    if method != "cellplm":
-        raise ValueError(f"method={method!r} is not one of ('cellplm',).")
+    if method not in ("cellplm", "stai"):
+        raise ValueError(f"method={method!r} is not one of ('cellplm', 'stai').")
+    if method == "stai" and reference is None:
+        raise ValueError("method='stai' transfers labels from a `reference`; pass reference=.")
+    if reference is not None and labels_key not in reference.obs:
+        raise KeyError(
+            f"labels column {labels_key!r} not found in reference.obs "
+            f"(columns: {list(reference.obs.columns)})."
+        )
     adata = adata.copy() if copy else adata
     key_added = key_added or method
-    if reference is not None:
-        if labels_key not in reference.obs:
-            raise KeyError(
-                f"labels column {labels_key!r} not found in reference.obs "
-                f"(columns: {list(reference.obs.columns)})."
-            )
+    if method == "stai":
+        from ._stai import stai_for
+
+        fitted = stai_for(
+            adata,
+            reference,
+            model,
+            layer=layer,
+            reference_layer=reference_layer,
+            spatial_key=spatial_key or "spatial",
+            sample_key=sample_key,
+            labels_key=labels_key,
+            annotation=True,
+            max_epochs=max_epochs,
+            model_kwargs=model_kwargs,
+            train_kwargs=train_kwargs,
+            seed=seed,
+        )
+        probs = fitted.predict(soft=True)
+    elif reference is not None:
         ref_labels = get_obs_column(reference, labels_key).astype(str)
         data = _reference_corpus(
             adata,
@@ -300,11 +328,11 @@ def annotate(
         )
         rows = np.arange(adata.n_obs)
         gene_key_model = gene_key
-    fitted = _fit(
-        data, model, gene_key_model, max_epochs, model_kwargs, train_kwargs, seed, fine_tune=True
-    )
-    probs = fitted.predict(data, soft=True).iloc[rows]
-    probs.index = adata.obs_names
+    if method == "cellplm":
+        epochs = 50 if max_epochs is None else max_epochs
+        fitted = _fit(data, model, gene_key_model, epochs, model_kwargs, train_kwargs, seed, True)
+        probs = fitted.predict(data, soft=True).iloc[rows]
+        probs.index = adata.obs_names
     adata.obs[f"{key_added}_prediction"] = pd.Categorical(probs.idxmax(axis=1).to_numpy())
     adata.obsm[f"{key_added}_probabilities"] = probs
     record(

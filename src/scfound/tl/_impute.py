@@ -7,17 +7,17 @@ from typing import Any, Literal
 from anndata import AnnData
 
 from scfound._utils import record
-from scfound.models import CellPLM, SpaFormer
+from scfound.models import STAI, CellPLM, SpaFormer
 
 from ._spaformer import spaformer_for
 from ._utils import training_summary
 
-METHODS = ("spaformer", "cellplm")
+METHODS = ("spaformer", "cellplm", "stai")
 
 
 def impute(
     adata: AnnData,
-    method: Literal["spaformer", "cellplm"] | None = None,
+    method: Literal["spaformer", "cellplm", "stai"] | None = None,
     *,
     reference: AnnData | None = None,
     genes: list[str] | None = None,
@@ -28,7 +28,7 @@ def impute(
     batch_key: str | None = None,
     reference_sample_key: str | None = None,
     gene_key: str | None = None,
-    model: SpaFormer | CellPLM | str | None = None,
+    model: SpaFormer | CellPLM | STAI | str | None = None,
     key_added: str | None = None,
     keep_observed: bool = False,
     max_epochs: int = 200,
@@ -49,24 +49,30 @@ def impute(
     fine-tuned on it (or trained from scratch when ``model`` is None), and the spatial cells'
     decoded values at the reference-only genes are written to ``obsm[key_added]``.
 
+    With ``method="stai"``, an :class:`~scfound.STAI` is trained on ``adata`` and the
+    ``reference`` (their shared genes, matched by name), and each spatial cell gets the
+    softmax-weighted mean of its nearest reference cells in the joint latent space, averaged over
+    the gene-fold submodels; the result goes to ``obsm[key_added]`` as for CellPLM.
+
     Parameters
     ----------
     adata
         Cells x genes with counts in ``layer`` (or ``.X``) and coordinates in
         ``obsm[spatial_key]``.
     method
-        ``"spaformer"`` or ``"cellplm"``; ``None`` picks CellPLM when a ``reference`` is given,
-        SpaFormer when ``obsm[spatial_key]`` exists.
+        ``"spaformer"``, ``"cellplm"`` or ``"stai"``; ``None`` picks CellPLM when a
+        ``reference`` is given, SpaFormer when ``obsm[spatial_key]`` exists.
     reference
-        CellPLM: scRNA-seq AnnData with raw counts that measures the genes to impute.
+        CellPLM, stAI: scRNA-seq AnnData with raw counts that measures the genes to impute.
     genes
-        CellPLM: genes to impute (default every reference gene ``adata`` lacks).
+        CellPLM, stAI: genes to impute (default every reference gene ``adata`` lacks).
     layer, reference_layer
         Layers with the counts of ``adata`` and ``reference``; ``None`` uses ``.X``.
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     group_key
-        Column of ``adata.obs`` with fields of view (for CellPLM: the samples). ``None`` cuts
+        Column of ``adata.obs`` with fields of view (for CellPLM: the samples; for stAI: the
+        slices, whose neighbour graphs are kept apart). ``None`` cuts
         the section into square tiles of about 500 cells for SpaFormer (kept internally;
         ``adata.obs`` is not changed) and makes it one sample for CellPLM.
     batch_key
@@ -78,9 +84,11 @@ def impute(
     model
         A trained :class:`~scfound.SpaFormer` to apply instead of training one (``adata`` must
         hold the genes, layer and keys it was set up with); for CellPLM a pre-trained
-        :class:`~scfound.CellPLM` or the prefix of an authors' checkpoint to fine-tune.
+        :class:`~scfound.CellPLM` or the prefix of an authors' checkpoint to fine-tune; for stAI
+        a :class:`~scfound.STAI` trained on ``adata``'s cells.
     key_added
-        Layer (SpaFormer) or ``obsm`` key (CellPLM) to write; default ``"<method>_imputed"``.
+        Layer (SpaFormer) or ``obsm`` key (CellPLM, stAI) to write; default
+        ``"<method>_imputed"``.
     keep_observed
         Keep non-zero observed counts and impute zeros only; default replaces every entry by the
         model's reconstruction (denoised values). Either way the layer is on the count scale of
@@ -88,7 +96,7 @@ def impute(
     max_epochs
         Training epochs when no ``model`` is given.
     model_kwargs, train_kwargs
-        Passed to :class:`~scfound.SpaFormer` and :meth:`~scfound.SpaFormer.train`.
+        Passed to the model class and its ``train`` method.
     seed
         Random seed of training.
     copy
@@ -99,8 +107,9 @@ def impute(
     ``None``, or the modified copy when ``copy=True``. Writes
 
     * SpaFormer: ``adata.layers[key_added]``, imputed expression, float32, cells x genes;
-    * CellPLM: ``adata.obsm[key_added]``, a DataFrame (cells x imputed genes) of log-normalised
-      values (library 1e4, ``log1p``); ``sc.AnnData(adata.obsm[key_added])`` plots it with scanpy;
+    * CellPLM, stAI: ``adata.obsm[key_added]``, a DataFrame (cells x imputed genes) of
+      log-normalised values (library 1e4, ``log1p``); :func:`scfound.tl.imputed_anndata` turns
+      it into an AnnData for scanpy and squidpy plots;
     * ``adata.uns['scfound']['impute']``: the parameters of the run and final training losses.
     """
     if method is None and reference is not None:
@@ -108,6 +117,41 @@ def impute(
     method = _resolve_method(adata, method, spatial_key)
     adata = adata.copy() if copy else adata
     key_added = key_added or f"{method}_imputed"
+    if method == "stai":
+        from ._stai import check_reference_genes, stai_for
+
+        if reference is None:
+            raise ValueError("method='stai' imputes genes from a `reference`; pass reference=.")
+        check_reference_genes(reference, genes)
+        fitted = stai_for(
+            adata,
+            reference,
+            model,
+            layer=layer,
+            reference_layer=reference_layer,
+            spatial_key=spatial_key,
+            sample_key=group_key,
+            labels_key=None,
+            annotation=False,
+            max_epochs=max_epochs,
+            model_kwargs=model_kwargs,
+            train_kwargs=train_kwargs,
+            seed=seed,
+        )
+        adata.obsm[key_added] = fitted.get_imputed_expression(genes)
+        record(
+            adata,
+            "impute",
+            {
+                "method": method,
+                "key_added": key_added,
+                "n_genes": adata.obsm[key_added].shape[1],
+                "max_epochs": max_epochs,
+                "model": fitted._model_summary_string,
+                **training_summary(fitted),
+            },
+        )
+        return adata if copy else None
     if method == "cellplm":
         from ._cellplm_tools import impute_cellplm
 

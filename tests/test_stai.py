@@ -1,0 +1,210 @@
+import anndata as ad
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import scfound as sf
+from scfound.data._paired_loader import block_edges, knn_adjacency, spatial_blocks
+from scfound.nn._alignment import MMD_MULTIPLIERS, knn_softmax, mmd_rbf
+
+FAST = {"n_folds": 3, "mmd_cells": 128}
+
+
+@pytest.fixture
+def pair():
+    """Spatial half (first 20 of 30 genes, coordinates) and reference half (all genes, labels)."""
+    data = sf.datasets.synthetic_spatial(600, 30, 4, seed=0, n_fovs=2)
+    data.obs["fov"] = data.obs["fov"].astype(str)
+    rng = np.random.default_rng(0)
+    is_ref = rng.random(data.n_obs) < 0.5
+    spatial = data[~is_ref, :20].copy()
+    reference = data[is_ref].copy()
+    del reference.obsm["spatial"]
+    truth = data[~is_ref, 20:].layers["counts"]
+    return spatial, reference, np.asarray(truth)
+
+
+def _pcc(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_mmd_matches_direct_formula():
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 3, generator=gen), torch.randn(30, 3, generator=gen) + 1.0
+    u = torch.cat([x, y])
+    d2 = torch.cdist(u, u) ** 2
+    s = d2.sum() / (70 * 69)
+    k = sum(torch.exp(-d2 / (s * m)) for m in MMD_MULTIPLIERS)
+    expected = k[:40, :40].mean() - 2 * k[:40, 40:].mean() + k[40:, 40:].mean()
+    assert torch.allclose(mmd_rbf(x, y), expected, atol=1e-5)
+    assert mmd_rbf(x, x + 0.0) < 1e-5 < mmd_rbf(x, y)
+
+
+def test_knn_softmax_weights_nearest_rows():
+    gen = torch.Generator().manual_seed(0)
+    q, r = torch.randn(5, 4, generator=gen), torch.randn(50, 4, generator=gen)
+    w, idx = knn_softmax(q, r, 7)
+    d = torch.cdist(q, r)
+    assert torch.equal(
+        torch.sort(idx, 1).values, torch.sort(d.topk(7, largest=False).indices, 1).values
+    )
+    assert torch.allclose(w.sum(1), torch.ones(5))
+    expected = torch.softmax(-d.gather(1, idx), 1)
+    assert torch.allclose(w, expected, atol=1e-5)
+    w_all, idx_all = knn_softmax(q, r, None)
+    assert idx_all.shape == (5, 50) and torch.allclose(w_all, torch.softmax(-d, 1), atol=1e-5)
+
+
+def test_blocks_partition_and_graph_stays_within_samples():
+    rng = np.random.default_rng(0)
+    coords = rng.random((500, 2))
+    samples = np.repeat([0, 1], 250)  # two slices with overlapping coordinates
+    blocks = spatial_blocks(coords, samples, 100)
+    cells = np.concatenate(blocks)
+    assert sorted(cells.tolist()) == list(range(500))
+    assert max(len(b) for b in blocks) <= 100
+    assert all(len(np.unique(samples[b])) == 1 for b in blocks)
+    adj = knn_adjacency(coords, 5, samples)
+    rows, cols = adj.nonzero()
+    assert (samples[rows] == samples[cols]).all() and (rows != cols).all()
+    assert (adj != adj.T).nnz == 0 and (np.asarray(adj.sum(1)).ravel() >= 5).all()
+    edges = block_edges(adj, blocks[0])
+    assert edges.max() < len(blocks[0]) and edges.shape[1] >= len(blocks[0])
+
+
+def test_stai_imputes_unmeasured_genes_and_annotates(pair):
+    spatial, reference, truth = pair
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial", sample_key="fov")
+    sf.STAI.setup_anndata(reference, layer="counts", labels_key="cell_type")
+    model = sf.STAI(spatial, reference, **FAST)
+    model.train(max_epochs=60, batch_size=256)
+    assert model.n_folds == 3 and len(model.shared_genes) == 20
+    imputed = model.get_imputed_expression()
+    assert list(imputed.columns) == list(reference.var_names[20:])
+    assert imputed.index.equals(spatial.obs_names)
+    pccs = [_pcc(imputed.iloc[:, j].to_numpy(), truth[:, j]) for j in range(10)]
+    assert np.median(pccs) > 0.3  # knowing the true cell type gives 0.40
+    pred = model.predict()
+    accuracy = pred.astype(str).to_numpy() == spatial.obs["cell_type"].astype(str).to_numpy()
+    assert accuracy.mean() > 0.8
+    probs = model.predict(soft=True)
+    assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    z_sp = model.get_latent_representation("spatial", fold=1)
+    z_ref = model.get_latent_representation("reference", fold=1)
+    assert z_sp.shape == (spatial.n_obs, 16) and z_ref.shape == (reference.n_obs, 16)
+
+
+def test_save_load_round_trip(pair, tmp_path):
+    spatial, reference, _ = pair
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")
+    sf.STAI.setup_anndata(reference, layer="counts", labels_key="cell_type")
+    model = sf.STAI(spatial, reference, **FAST)
+    model.train(max_epochs=2, batch_size=256)
+    model.save(tmp_path / "m")
+    loaded = sf.STAI.load(tmp_path / "m", spatial.copy(), reference.copy())
+    genes = ["gene_25"]
+    assert np.allclose(loaded.get_imputed_expression(genes), model.get_imputed_expression(genes))
+    assert (loaded.predict() == model.predict()).all()
+    with pytest.raises(ValueError, match="already holds"):
+        model.save(tmp_path / "m")
+    with pytest.raises(ValueError, match="do not match"):
+        sf.STAI.load(tmp_path / "m", spatial[:, :10].copy(), reference.copy())
+
+
+def test_clear_errors(pair):
+    spatial, reference, _ = pair
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")
+    few = reference[:, 19:].copy()  # one shared gene
+    sf.STAI.setup_anndata(few, layer="counts")
+    with pytest.raises(ValueError, match="share 1 gene"):
+        sf.STAI(spatial, few)
+    logged = reference.copy()
+    logged.layers["counts"] = np.log1p(logged.layers["counts"])
+    sf.STAI.setup_anndata(logged, layer="counts")
+    with pytest.raises(ValueError, match="raw counts"):
+        sf.STAI(spatial, logged)
+    empty = reference.copy()
+    empty.layers["counts"] = np.zeros_like(empty.layers["counts"])
+    sf.STAI.setup_anndata(empty, layer="counts")
+    with pytest.raises(ValueError, match="no counts"):
+        sf.STAI(spatial, empty)
+    no_coords = spatial.copy()
+    sf.STAI.setup_anndata(no_coords, layer="counts")
+    sf.STAI.setup_anndata(reference, layer="counts")
+    with pytest.raises(ValueError, match="without coordinates"):
+        sf.STAI(no_coords, reference)
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")  # copies share its id
+    model = sf.STAI(spatial, reference, **FAST)
+    model.train(max_epochs=1, batch_size=256)
+    with pytest.raises(ValueError, match="without labels"):
+        model.predict()
+    with pytest.raises(ValueError, match="not in the reference"):
+        model.get_imputed_expression(["nope"])
+
+
+def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
+    spatial, reference, _ = pair
+    before_sp, before_ref = spatial.copy(), reference.copy()
+    sf.tl.impute(
+        spatial,
+        method="stai",
+        reference=reference,
+        layer="counts",
+        reference_layer="counts",
+        genes=["gene_21", "gene_22"],
+        max_epochs=2,
+        model_kwargs=FAST,
+    )
+    assert list(spatial.obsm["stai_imputed"].columns) == ["gene_21", "gene_22"]
+    assert set(spatial.obsm) == {"spatial", "stai_imputed"}
+    assert spatial.obs.equals(before_sp.obs) and spatial.var.equals(before_sp.var)
+    assert np.array_equal(spatial.layers["counts"], before_sp.layers["counts"])
+    assert spatial.uns["scfound"]["impute"]["method"] == "stai"
+    assert reference.obs.equals(before_ref.obs) and set(reference.uns) == set(before_ref.uns)
+    view = sf.tl.imputed_anndata(spatial)
+    assert view.shape == (spatial.n_obs, 2) and "spatial" in view.obsm
+    sf.tl.annotate(
+        spatial,
+        "cell_type",
+        reference=reference,
+        method="stai",
+        layer="counts",
+        reference_layer="counts",
+        max_epochs=2,
+        model_kwargs=FAST,
+    )
+    assert spatial.obs["stai_prediction"].notna().all()
+    assert spatial.obsm["stai_probabilities"].shape == (spatial.n_obs, 4)
+    with pytest.raises(ValueError, match="not in the reference"):
+        sf.tl.impute(spatial, method="stai", reference=reference, layer="counts", genes=["nope"])
+    with pytest.raises(KeyError, match="labels column 'missing'"):
+        sf.tl.annotate(spatial, "missing", reference=reference, method="stai")
+    with pytest.raises(ValueError, match="reference"):
+        sf.tl.annotate(spatial, "cell_type", method="stai")
+
+
+@pytest.mark.slow
+def test_osmfish_half_as_reference_recovers_a_held_out_gene():
+    """Real data: half of osmFISH as a reference without coordinates, Sox10 held out."""
+    osm = sf.datasets.osmfish()
+    rng = np.random.default_rng(0)
+    is_ref = rng.random(osm.n_obs) < 0.5
+    reference = ad.AnnData(
+        osm.layers["counts"][is_ref],
+        obs=osm.obs[["cell_type"]][is_ref].copy(),
+        var=pd.DataFrame(index=osm.var_names),
+    )
+    keep = [g for g in osm.var_names if g != "Sox10"]
+    spatial = osm[~is_ref, keep].copy()
+    sf.tl.impute(
+        spatial,
+        method="stai",
+        reference=reference,
+        genes=["Sox10"],
+        layer="counts",
+        max_epochs=20,
+        model_kwargs={"n_folds": 3},
+    )
+    truth = osm[~is_ref].obs_vector("Sox10", layer="counts")
+    assert _pcc(spatial.obsm["stai_imputed"]["Sox10"].to_numpy(), truth) > 0.45
