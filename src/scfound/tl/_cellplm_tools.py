@@ -227,9 +227,10 @@ def annotate(
     is joined with ``adata`` (genes matched by name) and every cell of ``adata`` is predicted.
 
     ``method="stai"`` trains an :class:`~scfound.STAI` on the spatial ``adata`` and a labelled
-    ``reference`` with the authors' annotation loss weights (classifier 10, imputation 2, gene
-    consistency 1, class weights ``n_c ** -2``), and predicts every spatial cell with the
-    classifier on its latent vector, averaged over the gene-fold submodels.
+    ``reference`` (default loss weights; the authors' annotation weights are
+    ``model_kwargs={"weights": scfound.models.stai.ANNOTATION_WEIGHTS, "class_weight_power": 2}``)
+    and predicts every spatial cell with the classifier on its latent vector, averaged over the
+    gene-fold submodels.
 
     Parameters
     ----------
@@ -252,7 +253,8 @@ def annotate(
     key_added
         Prefix of the outputs; default ``"cellplm"``.
     max_epochs, model_kwargs, train_kwargs, seed
-        Training settings (``max_epochs=None``: 50 for CellPLM, about 300 steps for stAI).
+        Training settings (``max_epochs=None``: 50 for CellPLM, :meth:`scfound.STAI.train`'s
+        default for stAI).
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -286,7 +288,6 @@ def annotate(
             spatial_key=spatial_key or "spatial",
             sample_key=sample_key,
             labels_key=labels_key,
-            annotation=True,
             max_epochs=max_epochs,
             model_kwargs=model_kwargs,
             train_kwargs=train_kwargs,

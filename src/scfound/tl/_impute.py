@@ -117,66 +117,51 @@ def impute(
     method = _resolve_method(adata, method, spatial_key)
     adata = adata.copy() if copy else adata
     key_added = key_added or f"{method}_imputed"
-    if method == "stai":
-        from ._stai import check_reference_genes, stai_for
-
-        if reference is None:
-            raise ValueError("method='stai' imputes genes from a `reference`; pass reference=.")
-        check_reference_genes(reference, genes)
-        fitted = stai_for(
-            adata,
-            reference,
-            model,
-            layer=layer,
-            reference_layer=reference_layer,
-            spatial_key=spatial_key,
-            sample_key=group_key,
-            labels_key=None,
-            annotation=False,
-            max_epochs=max_epochs,
-            model_kwargs=model_kwargs,
-            train_kwargs=train_kwargs,
-            seed=seed,
-        )
-        adata.obsm[key_added] = fitted.get_imputed_expression(genes)
-        record(
-            adata,
-            "impute",
-            {
-                "method": method,
-                "key_added": key_added,
-                "n_genes": adata.obsm[key_added].shape[1],
-                "max_epochs": max_epochs,
-                "model": fitted._model_summary_string,
-                **training_summary(fitted),
-            },
-        )
-        return adata if copy else None
-    if method == "cellplm":
-        from ._cellplm_tools import impute_cellplm
-
+    if method in ("stai", "cellplm"):
         if reference is None:
             raise ValueError(
-                "method='cellplm' imputes genes from a `reference`; to denoise the measured genes "
-                "use scfound.tl.denoise."
+                f"method={method!r} imputes genes from a `reference`; pass reference=. (To "
+                "denoise the measured genes use scfound.tl.denoise.)"
             )
-        fitted = impute_cellplm(
-            adata,
-            reference,
-            genes=genes,
-            key_added=key_added,
-            layer=layer,
-            reference_layer=reference_layer,
-            sample_key=group_key,
-            reference_sample_key=reference_sample_key,
-            spatial_key=spatial_key if spatial_key in adata.obsm else None,
-            gene_key=gene_key,
-            model=model,
-            max_epochs=max_epochs,
-            model_kwargs=model_kwargs,
-            train_kwargs=train_kwargs,
-            seed=seed,
-        )
+        if method == "stai":
+            from ._stai import check_reference_genes, stai_for
+
+            check_reference_genes(reference, genes)
+            fitted = stai_for(
+                adata,
+                reference,
+                model,
+                layer=layer,
+                reference_layer=reference_layer,
+                spatial_key=spatial_key,
+                sample_key=group_key,
+                labels_key=None,
+                max_epochs=max_epochs,
+                model_kwargs=model_kwargs,
+                train_kwargs=train_kwargs,
+                seed=seed,
+            )
+            adata.obsm[key_added] = fitted.get_imputed_expression(genes)
+        else:
+            from ._cellplm_tools import impute_cellplm
+
+            fitted = impute_cellplm(
+                adata,
+                reference,
+                genes=genes,
+                key_added=key_added,
+                layer=layer,
+                reference_layer=reference_layer,
+                sample_key=group_key,
+                reference_sample_key=reference_sample_key,
+                spatial_key=spatial_key if spatial_key in adata.obsm else None,
+                gene_key=gene_key,
+                model=model,
+                max_epochs=max_epochs,
+                model_kwargs=model_kwargs,
+                train_kwargs=train_kwargs,
+                seed=seed,
+            )
         record(
             adata,
             "impute",

@@ -44,6 +44,8 @@ logger = logging.getLogger(__name__)
 
 SPATIAL_KEY = "spatial"
 SAMPLE_KEY = "sample"
+#: optimisation steps of a default training run (the authors: 500 full-batch epochs)
+DEFAULT_STEPS = 500
 #: loss weights of the authors' osmFISH imputation configuration
 IMPUTATION_WEIGHTS = {
     "reconstruction": 1.0,
@@ -336,7 +338,7 @@ class STAI(BaseModelClass):
 
     def train(
         self,
-        max_epochs: int = 500,
+        max_epochs: int | None = None,
         *,
         lr: float = 2e-3,
         batch_size: int = 2048,
@@ -355,8 +357,8 @@ class STAI(BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Passes over the spatial cells (stAI: 500 for imputation, 300 for annotation, full
-            batch).
+            Passes over the spatial cells. Default: enough for about :data:`DEFAULT_STEPS` (500)
+            optimisation steps, as the authors' 500 full-batch epochs.
         lr
             Adam learning rate (stAI: 2e-3, no weight decay).
         batch_size
@@ -375,6 +377,8 @@ class STAI(BaseModelClass):
         """
         torch.manual_seed(seed)
         blocks = spatial_blocks(self._coords, self._samples, batch_size)
+        if max_epochs is None:
+            max_epochs = max(1, round(DEFAULT_STEPS / len(blocks)))
         data = PairedDataModule(
             self._make_batch,
             blocks,
