@@ -1,4 +1,4 @@
-"""Data loading for cell-as-token models: group-wise batching, group splits, inference loaders."""
+"""Data loading: group-wise batching for cell-as-token models, paired batching for two datasets."""
 
 from ._group_loader import (
     CELL_INDEX_KEY,
@@ -9,13 +9,25 @@ from ._group_loader import (
     group_loader,
     split_groups,
 )
+from ._paired_loader import (
+    PairedDataModule,
+    PairedStepSampler,
+    block_edges,
+    knn_adjacency,
+    spatial_blocks,
+)
 
 __all__ = [
     "CELL_INDEX_KEY",
     "GroupBatchSampler",
     "GroupDataSplitter",
     "GroupDataset",
+    "PairedDataModule",
+    "PairedStepSampler",
+    "block_edges",
     "group_chunks",
     "group_loader",
+    "knn_adjacency",
+    "spatial_blocks",
     "split_groups",
 ]

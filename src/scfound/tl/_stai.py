@@ -68,7 +68,7 @@ def stai_for(
     both tasks. Their annotation configuration (classifier 10, imputation 2, gene consistency 1,
     class weights ``n_c ** -2``; ``model_kwargs={"weights": ANNOTATION_WEIGHTS,
     "class_weight_power": 2}``) annotated the osmFISH halves worse (accuracy 0.30-0.44 against
-    0.63-0.64 with the defaults, 31 cell types): a classifier weight of 10 lets the labels of the
+    0.63-0.65 with the defaults, 31 cell types): a classifier weight of 10 lets the labels of the
     reference dominate its encoder, at the expense of the alignment the spatial cells rely on.
     ``seed`` fixes the initial weights as well as the training.
     """
