@@ -78,6 +78,25 @@ def check_genes(genes, expected) -> None:
     raise ValueError("genes of adata do not match the trained model: " + "; ".join(detail) + ".")
 
 
+def write_model(dir_path: str, model: Any, meta: dict[str, Any], overwrite: bool) -> None:
+    """Write ``model.module``'s weights and ``meta`` (plus the class name) to ``dir_path``."""
+    if os.path.exists(os.path.join(dir_path, META_FILE)) and not overwrite:
+        raise ValueError(f"{dir_path} already holds a model; pass overwrite=True to replace it.")
+    os.makedirs(dir_path, exist_ok=True)
+    torch.save(model.module.state_dict(), os.path.join(dir_path, WEIGHTS_FILE))
+    with open(os.path.join(dir_path, META_FILE), "w") as fh:
+        json.dump(_encode({"model_class": type(model).__name__, **meta}), fh)
+
+
+def read_model_meta(dir_path: str, class_name: str) -> dict[str, Any]:
+    """The settings written by :func:`write_model`, checked to belong to ``class_name``."""
+    with open(os.path.join(dir_path, META_FILE)) as fh:
+        meta = _decode(json.load(fh))
+    if meta["model_class"] != class_name:
+        raise ValueError(f"{dir_path} holds a {meta['model_class']} model, not a {class_name}.")
+    return meta
+
+
 class SafeSaveMixin:
     """``save``/``load`` for scfound models without pickle (see module docstring)."""
 
@@ -94,22 +113,14 @@ class SafeSaveMixin:
             Also write the registered AnnData as ``adata.h5ad``.
 
         """
-        if os.path.exists(os.path.join(dir_path, META_FILE)) and not overwrite:
-            raise ValueError(
-                f"{dir_path} already holds a model; pass overwrite=True to replace it."
-            )
-        os.makedirs(dir_path, exist_ok=True)
-        torch.save(self.module.state_dict(), os.path.join(dir_path, WEIGHTS_FILE))
         meta = {
-            "model_class": type(self).__name__,
             "var_names": self.adata.var_names.astype(str).tolist(),
             "registry": self.registry_,
             "init_params": self.init_params_,
             "is_trained": self.is_trained_,
             "history": self.history_,
         }
-        with open(os.path.join(dir_path, META_FILE), "w") as fh:
-            json.dump(_encode(meta), fh)
+        write_model(dir_path, self, meta, overwrite)
         if save_anndata:
             self.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE))
 
@@ -137,12 +148,7 @@ class SafeSaveMixin:
         from scvi.model._utils import parse_device_args
         from scvi.model.base._save_load import _initialize_model
 
-        with open(os.path.join(dir_path, META_FILE)) as fh:
-            meta = _decode(json.load(fh))
-        if meta["model_class"] != cls.__name__:
-            raise ValueError(
-                f"{dir_path} holds a {meta['model_class']} model, not a {cls.__name__}."
-            )
+        meta = read_model_meta(dir_path, cls.__name__)
         if adata is None:
             path = os.path.join(dir_path, ADATA_FILE)
             if not os.path.exists(path):

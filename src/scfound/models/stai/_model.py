@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ from scfound.data._paired_loader import (
 )
 from scfound.nn._alignment import knn_softmax
 
-from .._base import META_FILE, WEIGHTS_FILE, _decode, _encode, check_genes
+from .._base import WEIGHTS_FILE, check_genes, read_model_meta, write_model
 from ._module import (
     REFERENCE_LABELS,
     REFERENCE_LIBRARY,
@@ -538,14 +537,7 @@ class STAI(BaseModelClass):
     # ------------------------------------------------------------ save/load
     def save(self, dir_path: str, overwrite: bool = False) -> None:
         """Save weights (``model.pt``) and settings (``model.json``, no pickle) to ``dir_path``."""
-        if os.path.exists(os.path.join(dir_path, META_FILE)) and not overwrite:
-            raise ValueError(
-                f"{dir_path} already holds a model; pass overwrite=True to replace it."
-            )
-        os.makedirs(dir_path, exist_ok=True)
-        torch.save(self.module.state_dict(), os.path.join(dir_path, WEIGHTS_FILE))
         meta = {
-            "model_class": type(self).__name__,
             "spatial_var_names": self.adata.var_names.astype(str).tolist(),
             "reference_var_names": self.reference.var_names.astype(str).tolist(),
             "spatial_setup": self.adata_manager.registry["setup_args"],
@@ -553,18 +545,12 @@ class STAI(BaseModelClass):
             "init_params": self.init_params_["kwargs"],
             "is_trained": self.is_trained_,
         }
-        with open(os.path.join(dir_path, META_FILE), "w") as fh:
-            json.dump(_encode(meta), fh)
+        write_model(dir_path, self, meta, overwrite)
 
     @classmethod
     def load(cls, dir_path: str, adata_spatial: AnnData, adata_reference: AnnData) -> STAI:
         """Load a model saved with :meth:`save` onto the same spatial and reference genes."""
-        with open(os.path.join(dir_path, META_FILE)) as fh:
-            meta = _decode(json.load(fh))
-        if meta["model_class"] != cls.__name__:
-            raise ValueError(
-                f"{dir_path} holds a {meta['model_class']} model, not a {cls.__name__}."
-            )
+        meta = read_model_meta(dir_path, cls.__name__)
         check_genes(adata_spatial.var_names, meta["spatial_var_names"])
         check_genes(adata_reference.var_names, meta["reference_var_names"])
         cls.setup_anndata(adata_spatial, **meta["spatial_setup"])
