@@ -403,8 +403,11 @@ class STAI(BaseModelClass):
 
     # ------------------------------------------------------------- inference
     @torch.inference_mode()
-    def _latents(self, m: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents of every spatial cell (a graph per slice) and reference cell, submodel ``m``."""
+    def _latents(self, m: int, reference: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Latents of every spatial cell (a graph per slice) and reference cell, submodel ``m``.
+
+        ``reference=False`` skips the reference cells (``None`` in their place).
+        """
         module, device = self.module, self.device
         module.eval()
         parts, order = [], []
@@ -416,6 +419,8 @@ class STAI(BaseModelClass):
             parts.append(z)
             order.append(cells)
         z_sp = torch.cat(parts)[torch.from_numpy(np.argsort(np.concatenate(order))).to(device)]
+        if not reference:
+            return z_sp, None
         chunks = []
         for start in range(0, self.reference.n_obs, 16_384):
             rows = slice(start, start + 16_384)
@@ -521,7 +526,7 @@ class STAI(BaseModelClass):
             )
         probs = 0.0
         for m in range(self.n_folds):
-            z_sp, _ = self._latents(m)
+            z_sp, _ = self._latents(m, reference=False)
             with torch.inference_mode():
                 logits = self.module.submodels[m].classifier(z_sp)
             probs = probs + torch.softmax(logits, -1).cpu().numpy()
