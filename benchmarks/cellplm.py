@@ -41,6 +41,7 @@ import scipy.sparse as sp
 
 import scfound as sf
 from scfound.metrics import clustering_scores, imputation_scores, normalize_log1p
+from scfound.models.cellplm._model import KL_WEIGHT
 
 DATA = "../shared/data"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -73,7 +74,13 @@ RELEASED_CONFIG = {
     "dae": True,
 }
 #: CPU-sized CellPLM used for the pre-training tasks
-SMALL = {"n_hidden": 256, "n_layers": 2, "n_latent": 64, "n_decoder_hidden": 256}
+SMALL = {
+    "n_hidden": 256,
+    "n_layers": 2,
+    "n_latent": 64,
+    "n_decoder_hidden": 256,
+    "likelihood": "nb",
+}
 
 
 # ------------------------------------------------------------------------------------ data
@@ -265,17 +272,22 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
     sf.CellPLM.setup_anndata(
         corpus, sample_key="sample", dataset_key="dataset", spatial_key="spatial"
     )
-    cache = os.path.join(args.cache, f"pretrained-{args.pretrain_epochs}-{seed}")
+    cache = os.path.join(
+        args.cache,
+        f"pretrained-nb-{args.pretrain_epochs}-{args.pretrain_lr:g}-{args.pretrain_cells}-{seed}",
+    )
     if os.path.exists(os.path.join(cache, "model.json")):
         pre, t_pre = sf.CellPLM.load(cache, corpus), float("nan")
     else:
-        pre = sf.CellPLM(corpus, **SMALL, max_cells=2000)
-        _, t_pre = timed(pre.train, max_epochs=args.pretrain_epochs, seed=seed)
+        pre = sf.CellPLM(corpus, **SMALL, max_cells=args.pretrain_cells)
+        _, t_pre = timed(pre.train, max_epochs=args.pretrain_epochs, lr=args.pretrain_lr, seed=seed)
         pre.save(cache, overwrite=True)
     out["pretrain"] = {
         "corpus": f"{corpus.n_obs} cells, {corpus.n_vars} genes, "
         f"{corpus.obs['sample'].nunique()} samples, {corpus.obs['dataset'].nunique()} datasets",
         "epochs": args.pretrain_epochs,
+        "lr": args.pretrain_lr,
+        "max_cells": args.pretrain_cells,
         "seconds": t_pre,
         "final_train_loss": float(np.asarray(pre.history["train_loss"], dtype=float).ravel()[-1]),
     }
@@ -458,7 +470,9 @@ def write_report(out: dict, args: argparse.Namespace, path: str) -> None:
             "",
             f"Corpus: {pt['corpus']} (MoP RNA samples 1-8, BMMC RNA, osmFISH with 30 % of "
             "entries held out, CosMx mini). CellPLM "
-            f"{SMALL}, {pt['epochs']} epochs in {pt['seconds']:.0f} s; final training loss "
+            f"{SMALL}, {pt['epochs']} epochs (learning rate {pt['lr']:g}, steps of at most "
+            f"{pt['max_cells']} cells of one sample, KL weight {KL_WEIGHT}) in "
+            f"{pt['seconds']:.0f} s; final training loss "
             f"{pt['final_train_loss']:.3f}.",
             "",
         ]
@@ -494,7 +508,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--tasks", nargs="+", choices=["parity", "pretrain"], default=["parity", "pretrain"]
     )
-    parser.add_argument("--pretrain-epochs", type=int, default=80)
+    parser.add_argument("--pretrain-epochs", type=int, default=100)
+    parser.add_argument("--pretrain-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--pretrain-cells", type=int, default=256, help="most cells of one sample per step"
+    )
     parser.add_argument("--finetune-epochs", type=int, default=40)
     parser.add_argument("--osm-epochs", type=int, default=100)
     parser.add_argument("--spaformer-epochs", type=int, default=200)

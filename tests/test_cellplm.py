@@ -434,3 +434,14 @@ def test_perturbation_effect_is_learned():
     bad.obs["perturbation"] = "XYZ+p0"
     with pytest.raises(ValueError, match="XYZ"):
         sf.CellPLM.setup_anndata(bad, perturbation_key="perturbation")
+
+
+def test_kl_weight_warms_up_to_its_maximum(corpus):
+    """``max_kl_weight`` reaches the training plan (the default is small: see ``KL_WEIGHT``)."""
+    from scfound.models.cellplm._model import KL_WEIGHT
+
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    model.train(max_epochs=3, n_steps_kl_warmup=2)
+    assert float(np.asarray(model.history["kl_weight"]).ravel()[-1]) == pytest.approx(KL_WEIGHT)
+    model.train(max_epochs=3, n_steps_kl_warmup=2, max_kl_weight=0.5)
+    assert float(np.asarray(model.history["kl_weight"]).ravel()[-1]) == pytest.approx(0.5)

@@ -82,6 +82,7 @@ def knn_softmax(
         index = torch.arange(reference.shape[0], device=query.device).expand(query.shape[0], -1)
         return torch.softmax(-dist, dim=1), index
     with torch.no_grad():  # select without a graph, then differentiate the k distances only
-        index = squared_distances(query, reference).topk(k, dim=1, largest=False).indices
+        distances = squared_distances(query, reference)
+        index = distances.topk(k, dim=1, largest=False, sorted=False).indices
     dist = (query.unsqueeze(1) - reference[index]).pow(2).sum(-1).add(1e-12).sqrt()
     return torch.softmax(-dist, dim=1), index

@@ -31,6 +31,12 @@ logger = logging.getLogger(__name__)
 
 #: cells of one sample encoded together at inference (larger samples are cut in strided chunks)
 INFERENCE_MAX_CELLS = 50_000
+#: weight of the Gaussian-mixture KL after warm-up. With weight 1 (the plain ELBO) pre-training
+#: on a 12k-cell corpus drove the KL to about 1 nat and the zero-shot embedding to chance
+#: (Leiden ARI 0.05 on unseen MoP samples); at 0.01 it kept about 30 nats and reached ARI 0.27.
+#: The authors' code avoids the collapse with a free-bits floor; their SpaFormer code ramps the
+#: KL weight to 0.01, as here.
+KL_WEIGHT = 0.01
 
 
 def map_genes(
@@ -428,6 +434,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         early_stopping_patience: int = 10,
         gradient_clip_val: float = 2.0,
         n_steps_kl_warmup: int | None = 1000,
+        max_kl_weight: float = KL_WEIGHT,
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         strategy: str = "auto",
@@ -452,8 +459,10 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Stop on ``validation_loss`` (needs ``train_size < 1``).
         gradient_clip_val
             Gradient-norm clipping.
-        n_steps_kl_warmup
-            Steps of linear warm-up of the latent KL weight (0 to 1).
+        n_steps_kl_warmup, max_kl_weight
+            Steps of linear warm-up of the latent KL weight, from 0 to ``max_kl_weight``
+            (default :data:`KL_WEIGHT`; 1 is the plain evidence lower bound, which collapses the
+            posterior on small corpora).
         accelerator, devices, strategy
             Passed to Lightning; ``strategy="ddp"`` with several devices shards the samples of each
             epoch across processes (it runs with ``find_unused_parameters=True``).
@@ -486,6 +495,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             "weight_decay": weight_decay,
             "n_steps_kl_warmup": n_steps_kl_warmup,
             "n_epochs_kl_warmup": None,
+            "max_kl_weight": max_kl_weight,
         }
         plan = self._training_plan_cls(self.module, **{**plan_defaults, **(plan_kwargs or {})})
         if splitter.n_val > 0:
