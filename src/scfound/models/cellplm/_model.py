@@ -32,10 +32,10 @@ logger = logging.getLogger(__name__)
 #: cells of one sample encoded together at inference (larger samples are cut in strided chunks)
 INFERENCE_MAX_CELLS = 50_000
 #: weight of the Gaussian-mixture KL after warm-up. With weight 1 (the plain ELBO) pre-training
-#: on a 12k-cell corpus drove the KL to about 1 nat and the zero-shot embedding to chance
-#: (Leiden ARI 0.05 on unseen MoP samples); at 0.01 it kept about 30 nats and reached ARI 0.27.
-#: The authors' code avoids the collapse with a free-bits floor; their SpaFormer code ramps the
-#: KL weight to 0.01, as here.
+#: on a 12k-cell corpus left 1-2 nats of KL per cell and a near-useless zero-shot embedding
+#: (Leiden ARI 0.06 / 0.32 on unseen MoP samples, squared error / NB); at 0.01 the ARI was
+#: 0.24 / 0.57 (``benchmarks/results/cellplm_kl.md``). The authors' code avoids the collapse with
+#: a free-bits floor; their SpaFormer code ramps the KL weight to 0.01, as here.
 KL_WEIGHT = 0.01
 
 
