@@ -324,7 +324,8 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
     mop_held = mop[is_held].copy()
     cache = os.path.join(
         args.cache,
-        f"pretrained-nb-{args.pretrain_epochs}-{args.pretrain_lr:g}-{args.pretrain_cells}-{seed}",
+        f"pretrained-{SMALL['likelihood']}-{args.pretrain_epochs}-{args.pretrain_lr:g}-"
+        f"{args.pretrain_cells}-{seed}",
     )
     if os.path.exists(os.path.join(cache, "model.json")):
         pre, t_pre = sf.CellPLM.load(cache, corpus), float("nan")
