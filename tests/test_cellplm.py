@@ -445,3 +445,5 @@ def test_kl_weight_warms_up_to_its_maximum(corpus):
     assert float(np.asarray(model.history["kl_weight"]).ravel()[-1]) == pytest.approx(KL_WEIGHT)
     model.train(max_epochs=3, n_steps_kl_warmup=2, max_kl_weight=0.5)
     assert float(np.asarray(model.history["kl_weight"]).ravel()[-1]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="max_kl_weight"):
+        model.train(max_epochs=1, max_kl_weight=float("nan"))

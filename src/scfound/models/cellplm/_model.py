@@ -476,6 +476,8 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         """
         if early_stopping and train_size >= 1:
             raise ValueError("early_stopping needs validation samples: pass train_size < 1.")
+        if not max_kl_weight >= 0:
+            raise ValueError(f"max_kl_weight must be a number >= 0, got {max_kl_weight!r}.")
         torch.manual_seed(seed)
         distributed = "ddp" in str(strategy)
         splitter = self._data_splitter_cls(
