@@ -384,8 +384,9 @@ def test_tl_impute_from_reference(corpus, synthetic):
         sf.tl.impute(synthetic, method="cellplm", layer="counts")
 
 
-def test_tl_annotate_learns_labels():
-    rng = np.random.default_rng(0)
+def _typed_cells(seed=0):
+    """300 cells of 3 types (each over-expresses its own 10 of 30 genes); 30 % unlabelled."""
+    rng = np.random.default_rng(seed)
     n, genes = 300, [f"g{i}" for i in range(30)]
     types = np.repeat(["A", "B", "C"], 100)
     rates = np.ones((3, 30))
@@ -398,12 +399,56 @@ def test_tl_annotate_learns_labels():
     test = rng.random(n) < 0.3
     labels[test] = "unknown"
     adata.obs["ct"] = labels
-    sf.tl.annotate(adata, "ct", sample_key="sample", max_epochs=30, model_kwargs=TINY)
+    return adata, types, test
+
+
+@pytest.mark.parametrize("fine_tune", ["model", "head"])
+def test_tl_annotate_learns_labels(fine_tune):
+    adata, types, test = _typed_cells()
+    # "head": the model is first trained self-supervised, which needs more steps
+    train = {"lr": 5e-3} if fine_tune == "head" else None
+    sf.tl.annotate(
+        adata,
+        "ct",
+        sample_key="sample",
+        fine_tune=fine_tune,
+        max_epochs=60 if fine_tune == "head" else 30,
+        model_kwargs=TINY,
+        train_kwargs=train,
+    )
     pred = adata.obs["cellplm_prediction"].astype(str).to_numpy()
-    assert (pred[test] == types[test]).mean() > 0.9
-    assert adata.obsm["cellplm_probabilities"].shape == (n, 3)
+    # a tiny self-supervised embedding separates the types less cleanly (chance: 1/3)
+    assert (pred[test] == types[test]).mean() > (0.8 if fine_tune == "head" else 0.9)
+    assert adata.obsm["cellplm_probabilities"].shape == (adata.n_obs, 3)
+    assert adata.uns["scfound"]["annotate"]["fine_tune"] == fine_tune
     with pytest.raises(KeyError, match="not found"):
         sf.tl.annotate(adata, "missing_column")
+    with pytest.raises(ValueError, match="fine_tune"):
+        sf.tl.annotate(adata, "ct", fine_tune="all")
+
+
+def test_annotation_head_alone_leaves_the_model_frozen():
+    adata, types, test = _typed_cells(seed=1)
+    sf.CellPLM.setup_anndata(adata, sample_key="sample")
+    base = sf.CellPLM(adata, **TINY)
+    base.train(max_epochs=30, lr=5e-3)
+    with pytest.raises(ValueError, match="no annotation head"):
+        base.train_annotation_head()
+    labelled = adata.copy()
+    sf.CellPLM.setup_anndata(labelled, sample_key="sample", labels_key="ct")
+    model = sf.CellPLM.from_model(base, labelled)
+    frozen = {k: v.clone() for k, v in model.module.state_dict().items() if "classifier" not in k}
+    embedding = model.get_latent_representation()
+    model.train_annotation_head(max_epochs=100)
+    state = model.module.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in frozen.items())
+    np.testing.assert_array_equal(model.get_latent_representation(), embedding)
+    assert (model.predict()[test] == types[test]).mean() > 0.9
+    unlabelled = adata.copy()
+    unlabelled.obs["ct"] = "unknown"
+    sf.CellPLM.setup_anndata(unlabelled, sample_key="sample", labels_key="ct")
+    with pytest.raises(ValueError, match="no annotation head"):
+        sf.CellPLM.from_model(base, unlabelled).train_annotation_head()
 
 
 def test_perturbation_effect_is_learned():

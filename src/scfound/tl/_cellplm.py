@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 
 from scfound._utils import get_matrix, get_obs_column
@@ -72,17 +73,22 @@ def cellplm_for(
     train_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
     fine_tune: bool = False,
+    head_only: bool = False,
 ) -> CellPLM:
     """A CellPLM for ``small``.
 
     ``model`` may be a trained :class:`CellPLM` (carried over with :meth:`CellPLM.from_model`), the
     prefix of a checkpoint in the authors' layout (read with :meth:`CellPLM.load_pretrained`), or
     ``None`` (a CPU-sized model, :data:`SMALL_CELLPLM`, is trained on ``small`` from scratch).
-    ``fine_tune`` trains a given model further on ``small`` for ``max_epochs``.
+    ``fine_tune`` trains a given model further on ``small`` for ``max_epochs``. ``head_only``
+    (annotation) leaves the given or self-supervised model as it is and fits only its annotation
+    head on the frozen embeddings (:meth:`CellPLM.train_annotation_head`).
     """
     model_kwargs = dict(model_kwargs or {})
     train_kwargs = {"seed": seed, **(train_kwargs or {})}
-    if small.obs.get("labels") is not None:
+    if head_only:  # self-supervised objective only; the head is fitted afterwards
+        model_kwargs.setdefault("classification_weight", 0.0)
+    elif small.obs.get("labels") is not None:
         # annotation replaces the decoder's objective by the classifier's (as the released
         # pipeline) and drops the latent KL (the released pipeline swaps the Gaussian mixture for
         # a plain projection); it takes a larger step than pre-training
@@ -90,8 +96,11 @@ def cellplm_for(
         train_kwargs.setdefault("lr", 5e-3)
         train_kwargs.setdefault("plan_kwargs", {"max_kl_weight": 0.0})
     if model is None:
+        torch.manual_seed(seed)  # the initial weights, so that `seed` makes the result reproducible
         new = CellPLM(small, gene_key=gene_key, **{**SMALL_CELLPLM, **model_kwargs})
         new.train(max_epochs=max_epochs, **train_kwargs)
+        if head_only:
+            new.train_annotation_head(seed=seed)
         return new
     if isinstance(model, str):
         new = CellPLM.load_pretrained(model, small, gene_key=gene_key, **model_kwargs)
@@ -103,6 +112,8 @@ def cellplm_for(
         raise TypeError(
             f"model must be a CellPLM, a checkpoint prefix or None, not {type(model).__name__}."
         )
-    if fine_tune:
+    if head_only:
+        new.train_annotation_head(seed=seed)
+    elif fine_tune:
         new.train(max_epochs=max_epochs, **train_kwargs)
     return new

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -27,6 +27,7 @@ def _fit(
     train_kwargs: dict[str, Any] | None,
     seed: int,
     fine_tune: bool,
+    head_only: bool = False,
 ) -> CellPLM:
     return cellplm_for(
         small,
@@ -37,6 +38,7 @@ def _fit(
         train_kwargs=train_kwargs,
         seed=seed,
         fine_tune=fine_tune,
+        head_only=head_only,
     )
 
 
@@ -213,6 +215,7 @@ def annotate(
     gene_key: str | None = None,
     unlabeled_category: str = UNKNOWN,
     key_added: str | None = None,
+    fine_tune: Literal["model", "head"] = "model",
     max_epochs: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
@@ -221,7 +224,9 @@ def annotate(
 ) -> AnnData | None:
     """Annotate cell types with CellPLM or stAI.
 
-    ``method="cellplm"`` fine-tunes CellPLM with a classification head. Either
+    ``method="cellplm"`` fine-tunes CellPLM with a classification head (``fine_tune="model"``) or
+    fits the head alone on the frozen embeddings of a pre-trained model (``fine_tune="head"``, a
+    linear probe; :meth:`~scfound.CellPLM.train_annotation_head`). Either
     ``adata.obs[labels_key]`` labels some cells (the others are ``unlabeled_category`` or
     missing) and the rest are predicted, or a labelled ``reference`` (``reference.obs[labels_key]``)
     is joined with ``adata`` (genes matched by name) and every cell of ``adata`` is predicted.
@@ -252,6 +257,10 @@ def annotate(
         Label of cells to predict in ``adata.obs[labels_key]``.
     key_added
         Prefix of the outputs; default ``"cellplm"``.
+    fine_tune
+        CellPLM only: ``"model"`` trains the whole model on the classification loss;
+        ``"head"`` keeps ``model`` (or, with ``model=None``, a model first trained
+        self-supervised on the data for ``max_epochs``) frozen and fits the head alone.
     max_epochs, model_kwargs, train_kwargs, seed
         Training settings (``max_epochs=None``: 50 for CellPLM, :meth:`scfound.STAI.train`'s
         default for stAI).
@@ -267,6 +276,8 @@ def annotate(
     """
     if method not in ("cellplm", "stai"):
         raise ValueError(f"method={method!r} is not one of ('cellplm', 'stai').")
+    if fine_tune not in ("model", "head"):
+        raise ValueError(f"fine_tune={fine_tune!r} is not one of ('model', 'head').")
     if method == "stai" and reference is None:
         raise ValueError("method='stai' transfers labels from a `reference`; pass reference=.")
     if reference is not None and labels_key not in reference.obs:
@@ -331,7 +342,17 @@ def annotate(
         gene_key_model = gene_key
     if method == "cellplm":
         epochs = 50 if max_epochs is None else max_epochs
-        fitted = _fit(data, model, gene_key_model, epochs, model_kwargs, train_kwargs, seed, True)
+        fitted = _fit(
+            data,
+            model,
+            gene_key_model,
+            epochs,
+            model_kwargs,
+            train_kwargs,
+            seed,
+            fine_tune=True,
+            head_only=fine_tune == "head",
+        )
         probs = fitted.predict(data, soft=True).iloc[rows]
         probs.index = adata.obs_names
     adata.obs[f"{key_added}_prediction"] = pd.Categorical(probs.idxmax(axis=1).to_numpy())
@@ -344,6 +365,7 @@ def annotate(
             "labels_key": labels_key,
             "reference": reference is not None,
             "key_added": key_added,
+            "fine_tune": fine_tune if method == "cellplm" else None,
             "max_epochs": max_epochs,
             "model": fitted._model_summary_string,
             **training_summary(fitted),
