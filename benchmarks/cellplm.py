@@ -328,12 +328,20 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
         f"pretrained-{SMALL['likelihood']}-{args.pretrain_epochs}-{args.pretrain_lr:g}-"
         f"{args.pretrain_cells}-{seed}",
     )
-    if os.path.exists(os.path.join(cache, "model.json")):
-        pre, t_pre = sf.CellPLM.load(cache, corpus), float("nan")
+    timing = os.path.join(cache, "pretrain_seconds.json")
+    cached = os.path.exists(os.path.join(cache, "model.json"))
+    if cached:
+        pre = sf.CellPLM.load(cache, corpus)
+        t_pre = float("nan")
+        if os.path.exists(timing):
+            with open(timing) as fh:
+                t_pre = float(json.load(fh))
     else:
         pre = sf.CellPLM(corpus, **SMALL, max_cells=args.pretrain_cells)
         _, t_pre = timed(pre.train, max_epochs=args.pretrain_epochs, lr=args.pretrain_lr, seed=seed)
         pre.save(cache, overwrite=True)
+        with open(timing, "w") as fh:
+            json.dump(t_pre, fh)
     out["pretrain"] = {
         "corpus": f"{corpus.n_obs} cells, {corpus.n_vars} genes, "
         f"{corpus.obs['sample'].nunique()} samples, {corpus.obs['dataset'].nunique()} datasets",
@@ -341,6 +349,7 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
         "lr": args.pretrain_lr,
         "max_cells": args.pretrain_cells,
         "seconds": t_pre,
+        "cached": cached,
         "final_train_loss": float(np.asarray(pre.history["train_loss"], dtype=float).ravel()[-1]),
     }
     ft = args.finetune_epochs
@@ -539,7 +548,13 @@ def write_report(out: dict, args: argparse.Namespace, path: str) -> None:
             "entries held out, CosMx mini). CellPLM "
             f"{SMALL}, {pt['epochs']} epochs (learning rate {pt['lr']:g}, steps of at most "
             f"{pt['max_cells']} cells of one sample, KL weight {KL_WEIGHT}) in "
-            f"{pt['seconds']:.0f} s; final training loss "
+            f"{pt['seconds']:.0f} s"
+            + (
+                " (read from the cache: the model and its time come from an earlier run)"
+                if pt.get("cached")
+                else ""
+            )
+            + "; final training loss "
             f"{pt['final_train_loss']:.3f}.",
             "",
         ]
