@@ -437,6 +437,8 @@ def test_annotation_head_alone_leaves_the_model_frozen():
     labelled = adata.copy()
     sf.CellPLM.setup_anndata(labelled, sample_key="sample", labels_key="ct")
     model = sf.CellPLM.from_model(base, labelled)
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        model.train_annotation_head(batch_size=0)
     frozen = {k: v.clone() for k, v in model.module.state_dict().items() if "classifier" not in k}
     embedding = model.get_latent_representation()
     model.train_annotation_head(max_epochs=100)

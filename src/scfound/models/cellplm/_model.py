@@ -566,6 +566,10 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
                 "this model has no annotation head: register the data with `labels_key=` (and "
                 "carry the model over with CellPLM.from_model)."
             )
+        if max_epochs < 1 or batch_size < 1:
+            raise ValueError(
+                f"max_epochs and batch_size must be >= 1, got {max_epochs} and {batch_size}."
+            )
         codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)).ravel()
         head = self.module.classifier[-1]
         labelled = codes < head.out_features
