@@ -427,6 +427,26 @@ def test_tl_annotate_learns_labels(fine_tune):
         sf.tl.annotate(adata, "ct", fine_tune="all")
 
 
+def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
+    adata, types, test = _typed_cells(seed=1)
+    sf.CellPLM.setup_anndata(adata, sample_key="sample")
+    torch.manual_seed(0)
+    base = sf.CellPLM(adata, **TINY)
+    base.train(max_epochs=30, lr=5e-3)
+    reference = adata[~test].copy()
+    reference.obs["ct"] = types[~test]
+    query = adata[test].copy()
+    del query.obs["ct"]
+    before = query.obs.copy()
+    sf.tl.annotate(
+        query, "ct", reference=reference, model=base, sample_key="sample", fine_tune="head"
+    )
+    pred = query.obs["cellplm_prediction"].astype(str).to_numpy()
+    assert (pred == types[test]).mean() > 0.8
+    pd.testing.assert_frame_equal(query.obs[before.columns], before)
+    assert list(query.obsm["cellplm_probabilities"].index) == list(query.obs_names)
+
+
 def test_annotation_head_alone_leaves_the_model_frozen():
     adata, types, test = _typed_cells(seed=1)
     sf.CellPLM.setup_anndata(adata, sample_key="sample")
