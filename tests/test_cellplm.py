@@ -405,20 +405,21 @@ def _typed_cells(seed=0):
 @pytest.mark.parametrize("fine_tune", ["model", "head"])
 def test_tl_annotate_learns_labels(fine_tune):
     adata, types, test = _typed_cells()
-    # "head": the model is first trained self-supervised, which needs more steps
-    train = {"lr": 5e-3} if fine_tune == "head" else None
+    # "head" first trains the model self-supervised: the NB likelihood embeds these counts
+    # reliably at this tiny size (MSE does not)
+    head = fine_tune == "head"
     sf.tl.annotate(
         adata,
         "ct",
         sample_key="sample",
         fine_tune=fine_tune,
-        max_epochs=60 if fine_tune == "head" else 30,
-        model_kwargs=TINY,
-        train_kwargs=train,
+        max_epochs=60 if head else 30,
+        model_kwargs={**TINY, "likelihood": "nb"} if head else TINY,
+        train_kwargs={"lr": 5e-3} if head else None,
     )
     pred = adata.obs["cellplm_prediction"].astype(str).to_numpy()
-    # a tiny self-supervised embedding separates the types less cleanly (chance: 1/3)
-    assert (pred[test] == types[test]).mean() > (0.8 if fine_tune == "head" else 0.9)
+    # chance is 1/3; the tiny self-supervised embedding is seed-dependent (0.85-1.0 over 4 seeds)
+    assert (pred[test] == types[test]).mean() > (0.75 if head else 0.9)
     assert adata.obsm["cellplm_probabilities"].shape == (adata.n_obs, 3)
     assert adata.uns["scfound"]["annotate"]["fine_tune"] == fine_tune
     with pytest.raises(KeyError, match="not found"):
@@ -431,7 +432,7 @@ def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
     adata, types, test = _typed_cells(seed=1)
     sf.CellPLM.setup_anndata(adata, sample_key="sample")
     torch.manual_seed(0)
-    base = sf.CellPLM(adata, **TINY)
+    base = sf.CellPLM(adata, **TINY, likelihood="nb")
     base.train(max_epochs=30, lr=5e-3)
     reference = adata[~test].copy()
     reference.obs["ct"] = types[~test]
@@ -442,7 +443,7 @@ def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
         query, "ct", reference=reference, model=base, sample_key="sample", fine_tune="head"
     )
     pred = query.obs["cellplm_prediction"].astype(str).to_numpy()
-    assert (pred == types[test]).mean() > 0.8
+    assert (pred == types[test]).mean() > 0.9
     pd.testing.assert_frame_equal(query.obs[before.columns], before)
     assert list(query.obsm["cellplm_probabilities"].index) == list(query.obs_names)
 
@@ -450,7 +451,8 @@ def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
 def test_annotation_head_alone_leaves_the_model_frozen():
     adata, types, test = _typed_cells(seed=1)
     sf.CellPLM.setup_anndata(adata, sample_key="sample")
-    base = sf.CellPLM(adata, **TINY)
+    torch.manual_seed(0)
+    base = sf.CellPLM(adata, **TINY, likelihood="nb")
     base.train(max_epochs=30, lr=5e-3)
     with pytest.raises(ValueError, match="no annotation head"):
         base.train_annotation_head()
