@@ -428,12 +428,18 @@ def test_tl_annotate_learns_labels(fine_tune):
         sf.tl.annotate(adata, "ct", fine_tune="all")
 
 
-def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
+def _self_supervised_typed_cells():
+    """:func:`_typed_cells` (seed 1) and a tiny CellPLM trained on them without labels (NB)."""
     adata, types, test = _typed_cells(seed=1)
     sf.CellPLM.setup_anndata(adata, sample_key="sample")
     torch.manual_seed(0)
     base = sf.CellPLM(adata, **TINY, likelihood="nb")
     base.train(max_epochs=30, lr=5e-3)
+    return adata, types, test, base
+
+
+def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
+    adata, types, test, base = _self_supervised_typed_cells()
     reference = adata[~test].copy()
     reference.obs["ct"] = types[~test]
     query = adata[test].copy()
@@ -449,11 +455,7 @@ def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
 
 
 def test_annotation_head_alone_leaves_the_model_frozen():
-    adata, types, test = _typed_cells(seed=1)
-    sf.CellPLM.setup_anndata(adata, sample_key="sample")
-    torch.manual_seed(0)
-    base = sf.CellPLM(adata, **TINY, likelihood="nb")
-    base.train(max_epochs=30, lr=5e-3)
+    adata, types, test, base = _self_supervised_typed_cells()
     with pytest.raises(ValueError, match="no annotation head"):
         base.train_annotation_head()
     labelled = adata.copy()
