@@ -99,10 +99,7 @@ def cellplm_for(
         torch.manual_seed(seed)  # the initial weights, so that `seed` makes the result reproducible
         new = CellPLM(small, gene_key=gene_key, **{**SMALL_CELLPLM, **model_kwargs})
         new.train(max_epochs=max_epochs, **train_kwargs)
-        if head_only:
-            new.train_annotation_head(seed=seed)
-        return new
-    if isinstance(model, str):
+    elif isinstance(model, str):
         new = CellPLM.load_pretrained(model, small, gene_key=gene_key, **model_kwargs)
     elif isinstance(model, CellPLM):
         new = CellPLM.from_model(
@@ -114,6 +111,6 @@ def cellplm_for(
         )
     if head_only:
         new.train_annotation_head(seed=seed)
-    elif fine_tune:
+    elif fine_tune and model is not None:
         new.train(max_epochs=max_epochs, **train_kwargs)
     return new
