@@ -91,6 +91,13 @@ def log_cp10k(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     return np.log1p(X * scale[:, None])
 
 
+def counts_share(adata: AnnData, targets: Sequence[str], genes: Sequence[str]) -> np.ndarray:
+    """Counts of ``targets`` over each cell's total of ``genes`` (0 where that total is 0)."""
+    totals = counts_of(adata, genes).sum(axis=1, keepdims=True)
+    X = counts_of(adata, targets)
+    return np.divide(X, totals, out=np.zeros_like(X), where=totals > 0)
+
+
 def zscore(X: np.ndarray) -> np.ndarray:
     """Per-gene z-scores over cells (``ddof=0``); constant genes become 0."""
     mean = X.mean(axis=0)
@@ -182,6 +189,7 @@ def spage_impute(
     n_pv: int = 30,
     k: int = 50,
     seed: int = 0,
+    scale: str = "log1p",
 ) -> pd.DataFrame:
     """SpaGE-like imputation: weighted mean over the 50 nearest reference cells.
 
@@ -206,17 +214,28 @@ def spage_impute(
         Neighbours per query cell.
     seed
         Random state of the PCA solver.
+    scale
+        ``"log1p"``: weighted mean of the reference's log1p-CP10k; ``"counts"``: weighted mean
+        of the targets' share of the reference cells' counts over the shared genes, times the
+        query cell's total over the shared genes (``scfound.STAI``'s ``scale="counts"``).
 
     Returns
     -------
-    DataFrame of query cells x ``targets``, on the reference's log1p-CP10k scale.
+    DataFrame of query cells x ``targets``, on the ``scale`` asked for.
     """
     genes = [g for g in shared_genes(query, reference) if g not in set(targets)]
     ref_pcs, qry_pcs = joint_pca(query, reference, genes, n_pv, seed)
     dist, idx = cosine_neighbors(qry_pcs, ref_pcs, k)
     weights = spage_weights(dist)
-    values = log_cp10k(reference, targets)
+    if scale == "log1p":
+        values = log_cp10k(reference, targets)
+    elif scale == "counts":
+        values = counts_share(reference, targets, genes)
+    else:
+        raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
     imputed = np.einsum("nk,nkg->ng", weights, values[idx])
+    if scale == "counts":
+        imputed *= counts_of(query, genes).sum(axis=1, keepdims=True)
     return pd.DataFrame(imputed, index=query.obs_names, columns=list(targets))
 
 
@@ -229,6 +248,7 @@ def gimvi_impute(
     max_epochs: int = 200,
     seed: int = 0,
     train_kwargs: Mapping[str, Any] | None = None,
+    normalized: bool = True,
 ) -> pd.DataFrame:
     """Impute with gimVI (scvi-tools ``scvi.external.GIMVI``) trained on raw counts.
 
@@ -254,11 +274,13 @@ def gimvi_impute(
         ``scvi.settings.seed``.
     train_kwargs
         Passed to :meth:`scvi.external.GIMVI.train`.
+    normalized
+        ``get_imputed_values(normalized=...)``: each cell's decoded frequencies (``True``) or
+        its expected counts at its library size (``False``).
 
     Returns
     -------
-    DataFrame of query cells x ``targets`` (gimVI's normalised expression, each cell's
-    decoded frequencies).
+    DataFrame of query cells x ``targets``.
     """
     import scvi
     from scvi.external import GIMVI
@@ -286,7 +308,7 @@ def gimvi_impute(
     model = GIMVI(seq, spatial)
     kwargs = {"enable_progress_bar": False, **(train_kwargs or {})}
     model.train(max_epochs=max_epochs, **kwargs)
-    _, imputed = model.get_imputed_values(normalized=True)
+    _, imputed = model.get_imputed_values(normalized=normalized)
     cols = seq.var_names.get_indexer(list(targets))
     return pd.DataFrame(np.asarray(imputed)[:, cols], index=query.obs_names, columns=list(targets))
 

@@ -365,6 +365,7 @@ def impute_stai(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) 
         layer="counts",
         reference_layer="counts",
         spatial_key="spatial",
+        scale=cfg["scale"],
         max_epochs=cfg["stai_epochs"],
         seed=cfg["seed"],
         **stai_kwargs(cfg),
@@ -374,7 +375,13 @@ def impute_stai(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) 
 
 def impute_spage(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) -> np.ndarray:
     out = baselines.spage_impute(
-        query, reference, [gene], n_pv=cfg["spage_npv"], k=cfg["spage_k"], seed=cfg["seed"]
+        query,
+        reference,
+        [gene],
+        n_pv=cfg["spage_npv"],
+        k=cfg["spage_k"],
+        seed=cfg["seed"],
+        scale=cfg["scale"],
     )
     return out[gene].to_numpy()
 
@@ -387,6 +394,7 @@ def impute_gimvi(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict)
         reference_genes=cfg["gimvi_genes"],
         max_epochs=cfg["gimvi_epochs"],
         seed=cfg["seed"],
+        normalized=cfg["scale"] == "log1p",
     )
     return out[gene].to_numpy()
 
@@ -515,6 +523,7 @@ def method_config(args: argparse.Namespace) -> dict[str, Any]:
     """Settings the children need."""
     keys = [
         "seed",
+        "scale",
         "stai_epochs",
         "stai_annotation_epochs",
         "stai_model_kwargs",
@@ -728,13 +737,16 @@ PROTOCOL = (
     "**Protocol.** Imputation is leave-one-gene-out over the shared genes: for each gene g the "
     "spatial query loses g (`query[:, genes != g]`), each method imputes g from the reference "
     "(which measures it), and the prediction is scored against the held-out raw counts with "
-    "`scfound.metrics.heldout_gene_scores` (per gene over cells: Pearson PCC, Spearman SCC, RMSE of"
-    " per-gene z-scores, Jensen-Shannon divergence of the sum-normalised vectors). Each method "
-    "keeps its own output scale (stAI and SpaGE-like: reference log1p-CP10k; Tangram: projected raw"
-    " counts; gimVI: normalised expression); all four metrics are insensitive to a per-gene scale. "
-    "Summaries are the median and the mean over genes; p-values are one-sided Mann-Whitney U tests "
-    "over the per-gene scores (`scipy.stats.mannwhitneyu`, stAI greater for PCC/SCC, less for "
-    "RMSE/JSD). Annotation trains on the reference's labels only and predicts every query cell "
+    "`scfound.metrics.heldout_gene_scores` (per gene over cells: Pearson PCC, Spearman SCC, RMSE "
+    "of per-gene z-scores, Jensen-Shannon divergence of the sum-normalised vectors). Output scale "
+    "(`--scale`): with `log1p` (stAI's protocol) stAI and SpaGE-like give the reference's "
+    "log1p-CP10k and gimVI its normalised expression; with `counts` all three give expected counts"
+    " at each query cell's depth; Tangram gives projected raw counts either way. The metrics are "
+    "insensitive to a per-gene scale but not to a per-cell one (the query's raw counts vary with "
+    "cell size), so the scale changes the scores. Summaries are the median and the mean over "
+    "genes; p-values are one-sided Mann-Whitney U tests over the per-gene scores "
+    "(`scipy.stats.mannwhitneyu`, stAI greater for PCC/SCC, less for RMSE/JSD). Annotation trains "
+    "on the reference's labels only and predicts every query cell "
     "(`scfound.metrics.annotation_scores`: accuracy, macro-F1, weighted-F1; per-class F1 from "
     "`per_class_scores`). Each method of each setting and task runs in a fresh child process: "
     "`s/gene` is the wall time of one gene's training and prediction, `s total` the child's whole "
@@ -765,16 +777,22 @@ def method_settings(args: argparse.Namespace) -> str:
         f"**Methods.** stAI: `sf.tl.impute(..., method='stai', max_epochs={args.stai_epochs})`, "
         f"`sf.tl.annotate(..., method='stai', max_epochs={args.stai_annotation_epochs})`, "
         f"model kwargs {args.stai_model_kwargs or 'default'}, train kwargs "
-        f"{args.stai_train_kwargs or 'default'}.",
+        f"{args.stai_train_kwargs or 'default'}, `scale='{args.scale}'`.",
         "SpaGE-like: reference log1p-CP10k and query raw counts z-scored per gene, PCA "
         f"({args.spage_npv} components at most) fitted on the reference, {args.spage_k} nearest "
         "reference cells by cosine distance, SpaGE weights (1 - d / sum d over neighbours with "
-        "d < 1, normalised), weighted mean of the reference's log1p-CP10k.",
+        "d < 1, normalised), weighted mean of "
+        + (
+            "the reference's log1p-CP10k."
+            if args.scale == "log1p"
+            else "the gene's share of the reference cells' counts over the shared genes, times "
+            "the query cell's total over the shared genes (as stAI's `scale='counts'`)."
+        ),
         "Tangram: `tangram-sc` 1.0.4, `mode='cells'`, raw counts in both, "
         f"{args.tangram_epochs} epochs{tangram_note}, lr 0.1, rna_count_based density prior, "
         "training genes = shared minus the held-out gene.",
         f"gimVI: raw counts, scvi-tools defaults, {args.gimvi_epochs} epochs, seq data: "
-        f"{gimvi_genes}.",
+        f"{gimvi_genes}, `get_imputed_values(normalized={args.scale == 'log1p'})`.",
         f"kNN label transfer: majority of the {args.knn_k} nearest reference cells in the "
         "SpaGE-like PCA space (all shared genes).",
         "scANVI: the shared genes' raw counts, dataset as batch, scVI then "
@@ -925,6 +943,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gene-names", nargs="+", default=None, help="leave out these genes (overrides --genes)"
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--scale",
+        choices=["log1p", "counts"],
+        default="log1p",
+        help="output scale of stAI, SpaGE-like and gimVI: log-normalised (stAI's) or expected "
+        "counts at each spatial cell's depth (Tangram's output is counts either way)",
+    )
     parser.add_argument("--stai-epochs", type=int, default=500, help="stAI imputation epochs")
     parser.add_argument(
         "--stai-annotation-epochs", type=int, default=300, help="stAI annotation epochs"

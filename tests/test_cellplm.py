@@ -137,6 +137,12 @@ def test_pretrain_save_load_round_trip(corpus, tmp_path, likelihood):
     np.testing.assert_array_equal(z, model.get_latent_representation())  # deterministic
     denoised = model.get_denoised_expression()
     assert denoised.shape == corpus.shape and np.isfinite(denoised).all()
+    # counts: each cell's measured genes add up to its library; unmeasured ones are imputed
+    counts = model.get_denoised_expression(scale="counts")
+    measured = corpus.varm["measured"][corpus.obs["dataset"].astype(str)].to_numpy().T
+    library = np.asarray(corpus.X.sum(1)).ravel()
+    np.testing.assert_allclose((counts * measured).sum(1), library, rtol=1e-4)
+    assert (counts[~measured] >= 0).all() and (counts[~measured] > 0).any()
     model.save(str(tmp_path / "m"))
     loaded = sf.CellPLM.load(str(tmp_path / "m"), corpus)
     np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)

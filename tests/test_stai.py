@@ -85,6 +85,16 @@ def test_stai_imputes_unmeasured_genes_and_annotates(pair):
     assert imputed.index.equals(spatial.obs_names)
     pccs = [_pcc(imputed.iloc[:, j].to_numpy(), truth[:, j]) for j in range(10)]
     assert np.median(pccs) > 0.3  # knowing the true cell type gives 0.40
+    # counts: the neighbours' share of each gene among the shared genes, at the cell's depth
+    counts = model.get_imputed_expression(scale="counts")
+    ref_counts = np.asarray(reference.layers["counts"], dtype=np.float64)
+    share = ref_counts[:, 20:] / ref_counts[:, :20].sum(1, keepdims=True)
+    weights = sum(model._neighbour_weights(m).toarray() for m in range(3)) / 3
+    depth = np.asarray(spatial.layers["counts"], dtype=np.float64).sum(1, keepdims=True)
+    np.testing.assert_allclose(counts.to_numpy(), weights @ share * depth, rtol=1e-4)
+    assert counts.columns.equals(imputed.columns) and counts.index.equals(imputed.index)
+    with pytest.raises(ValueError, match="scale must be"):
+        model.get_imputed_expression(scale="raw")
     pred = model.predict()
     accuracy = pred.astype(str).to_numpy() == spatial.obs["cell_type"].astype(str).to_numpy()
     assert accuracy.mean() > 0.8
@@ -161,6 +171,9 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
     assert spatial.obs.equals(before_sp.obs) and spatial.var.equals(before_sp.var)
     assert np.array_equal(spatial.layers["counts"], before_sp.layers["counts"])
     assert spatial.uns["scfound"]["impute"]["method"] == "stai"
+    assert spatial.uns["scfound"]["impute"]["scale"] == "log1p"
+    with pytest.raises(ValueError, match="scale must be"):
+        sf.tl.impute(spatial, method="stai", reference=reference, layer="counts", scale="raw")
     assert reference.obs.equals(before_ref.obs) and set(reference.uns) == set(before_ref.uns)
     view = sf.tl.imputed_anndata(spatial)
     assert view.shape == (spatial.n_obs, 2) and "spatial" in view.obsm

@@ -164,6 +164,7 @@ def impute_cellplm(
     reference_sample_key: str | None,
     spatial_key: str | None,
     gene_key: str | None,
+    scale: Literal["log1p", "counts"] = "log1p",
     **kw,
 ) -> CellPLM:
     """Impute genes of ``reference`` that ``adata`` lacks into ``adata.obsm[key_added]``."""
@@ -191,7 +192,7 @@ def impute_cellplm(
     if not genes:
         raise ValueError("the reference measures no gene that adata lacks; nothing to impute.")
     model = _fit(corpus, fine_tune=True, gene_key=None, **kw)
-    values = model.get_denoised_expression(corpus, scale="log1p")
+    values = model.get_denoised_expression(corpus, scale=scale)
     rows = np.flatnonzero(corpus.obs[CORPUS_DATASET_KEY].to_numpy() == "query")
     cols = corpus.var_names.get_indexer(genes)
     adata.obsm[key_added] = pd.DataFrame(

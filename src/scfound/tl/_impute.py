@@ -31,6 +31,7 @@ def impute(
     model: SpaFormer | CellPLM | STAI | str | None = None,
     key_added: str | None = None,
     keep_observed: bool = False,
+    scale: Literal["log1p", "counts"] = "log1p",
     max_epochs: int = 200,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
@@ -93,6 +94,11 @@ def impute(
         Keep non-zero observed counts and impute zeros only; default replaces every entry by the
         model's reconstruction (denoised values). Either way the layer is on the count scale of
         the input (each cell keeps its library size), so it can replace the counts in scanpy.
+    scale
+        CellPLM, stAI: ``"log1p"`` writes log-normalised values (library 1e4, ``log1p``; stAI's
+        output); ``"counts"`` writes expected counts at each spatial cell's own depth (its total
+        over the genes it shares with the reference), which follow the cell size and detection
+        that the measured counts carry.
     max_epochs
         Training epochs when no ``model`` is given.
     model_kwargs, train_kwargs
@@ -107,9 +113,9 @@ def impute(
     ``None``, or the modified copy when ``copy=True``. Writes
 
     * SpaFormer: ``adata.layers[key_added]``, imputed expression, float32, cells x genes;
-    * CellPLM, stAI: ``adata.obsm[key_added]``, a DataFrame (cells x imputed genes) of
-      log-normalised values (library 1e4, ``log1p``); :func:`scfound.tl.imputed_anndata` turns
-      it into an AnnData for scanpy and squidpy plots;
+    * CellPLM, stAI: ``adata.obsm[key_added]``, a DataFrame (cells x imputed genes) on the
+      ``scale`` asked for; :func:`scfound.tl.imputed_anndata` turns it into an AnnData for
+      scanpy and squidpy plots;
     * ``adata.uns['scfound']['impute']``: the parameters of the run and final training losses.
     """
     if method is None and reference is not None:
@@ -118,6 +124,8 @@ def impute(
     adata = adata.copy() if copy else adata
     key_added = key_added or f"{method}_imputed"
     if method in ("stai", "cellplm"):
+        if scale not in ("log1p", "counts"):
+            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
         if reference is None:
             raise ValueError(
                 f"method={method!r} imputes genes from a `reference`; pass reference=. (To "
@@ -141,7 +149,7 @@ def impute(
                 train_kwargs=train_kwargs,
                 seed=seed,
             )
-            adata.obsm[key_added] = fitted.get_imputed_expression(genes)
+            adata.obsm[key_added] = fitted.get_imputed_expression(genes, scale=scale)
         else:
             from ._cellplm_tools import impute_cellplm
 
@@ -156,6 +164,7 @@ def impute(
                 reference_sample_key=reference_sample_key,
                 spatial_key=spatial_key if spatial_key in adata.obsm else None,
                 gene_key=gene_key,
+                scale=scale,
                 model=model,
                 max_epochs=max_epochs,
                 model_kwargs=model_kwargs,
@@ -168,6 +177,7 @@ def impute(
             {
                 "method": method,
                 "key_added": key_added,
+                "scale": scale,
                 "n_genes": adata.obsm[key_added].shape[1],
                 "max_epochs": max_epochs,
                 "model": fitted._model_summary_string,

@@ -661,7 +661,9 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Data registered with :meth:`setup_anndata` (default: the model's).
         scale
             ``"log1p"``: log-normalised (library ``target_sum``); ``"counts"``: expected counts
-            at each cell's observed library size.
+            at each cell's observed library size, which covers the genes the cell's dataset
+            measured; so the counts of those genes add up to it, and those of genes it did not
+            measure (imputed from other datasets) are on the same depth.
         max_cells
             Cells of one sample decoded together.
 
@@ -674,7 +676,8 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             frac = self._fractions(out["px"])
             if scale == "log1p":
                 return torch.log1p(frac * module.target_sum)
-            return frac * out["counts"].sum(-1, keepdim=True)
+            measured = (frac * out["measured"]).sum(-1, keepdim=True).clamp_min(1e-8)
+            return frac / measured * out["counts"].sum(-1, keepdim=True)
 
         values = self._predict(adata, denoise, max_cells)
         adata = self._validate_anndata(adata)

@@ -451,20 +451,34 @@ class STAI(BaseModelClass):
         z_sp, z_ref = self._latents(fold)
         return (z_sp if dataset == "spatial" else z_ref).cpu().numpy()
 
-    def get_imputed_expression(self, genes: Sequence[str] | None = None) -> pd.DataFrame:
+    def get_imputed_expression(
+        self,
+        genes: Sequence[str] | None = None,
+        scale: Literal["log1p", "counts"] = "log1p",
+    ) -> pd.DataFrame:
         """Expression of reference genes in the spatial cells, averaged over the submodels.
+
+        Each spatial cell gets the softmax-weighted mean of its nearest reference cells (in each
+        submodel's latent space) of a per-cell value of the gene, set by ``scale``.
 
         Parameters
         ----------
         genes
             Reference genes to impute; default every reference gene the spatial data lacks.
+        scale
+            ``"log1p"`` (stAI): the reference's ``log1p`` of counts normalised to 1e4 per cell.
+            ``"counts"``: expected counts at each spatial cell's own depth, i.e. the gene's share
+            of the reference cells' counts over the shared genes, times the spatial cell's total
+            over the shared genes. The spatial cells' depth varies with cell size and
+            detection, and measured counts carry it; the ``log1p`` scale does not.
 
         Returns
         -------
-        DataFrame (spatial cells x genes) on the reference's ``log1p`` scale (counts normalised to
-        1e4 per cell).
+        DataFrame (spatial cells x genes).
 
         """
+        if scale not in ("log1p", "counts"):
+            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
         self._check_if_trained(warn=False)
         ref_genes = self.reference.var_names
         if genes is None:
@@ -481,12 +495,21 @@ class STAI(BaseModelClass):
                 raise ValueError(
                     f"{len(absent)} requested gene(s) are not in the reference: {absent[:10]}."
                 )
-        values = _log_normalize(self._reference_X[:, ref_genes.get_indexer(genes)], self._library)
+        counts = self._reference_X[:, ref_genes.get_indexer(genes)]
+        if scale == "log1p":
+            values = _log_normalize(counts, self._library)
+        else:
+            shared = np.asarray(self._reference_counts.sum(1), dtype=np.float64).ravel()
+            values = sp.diags(np.divide(1.0, shared, out=np.zeros_like(shared), where=shared > 0))
+            values = values @ counts
         out = np.zeros((self.adata.n_obs, len(genes)), dtype=np.float64)
         for m in range(self.n_folds):
-            out += self._neighbour_weights(m) @ values
+            out += (self._neighbour_weights(m) @ values).toarray()
+        out /= self.n_folds
+        if scale == "counts":
+            out *= np.asarray(self._spatial_counts.sum(1), dtype=np.float64)
         return pd.DataFrame(
-            (out / self.n_folds).astype(np.float32),
+            out.astype(np.float32),
             index=self.adata.obs_names.copy(),
             columns=genes,
         )
