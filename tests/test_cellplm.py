@@ -193,6 +193,32 @@ def test_from_model_zero_shot_on_new_panel(corpus):
     assert z.shape == (40, 8) and np.isfinite(z).all()
 
 
+def test_neighbour_encoding_starts_at_zero_and_learns(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    model.train(max_epochs=1)
+    spatial = corpus[corpus.obs["dataset"] == "spatial"].copy()
+    sf.CellPLM.setup_anndata(spatial, sample_key="sample", spatial_key="spatial")
+    carried = sf.CellPLM.from_model(model, spatial, n_pe_neighbors=4)
+    plain = sf.CellPLM.from_model(model, spatial)
+    # added to a pre-trained model, the encoding changes nothing until it is trained
+    np.testing.assert_allclose(
+        carried.get_latent_representation(), plain.get_latent_representation(), atol=1e-6
+    )
+    carried.train(max_epochs=3, lr=1e-2)
+    assert carried.module.embedder.neighbour_pe.gat.lin.weight.abs().sum() > 0
+    z = carried.get_latent_representation()
+    assert np.isfinite(z).all()
+    assert np.abs(z - plain.get_latent_representation()).max() > 1e-4
+    # cells without coordinates are embedded as without the encoding
+    rna = corpus[corpus.obs["dataset"] == "rna"].copy()
+    sf.CellPLM.setup_anndata(rna, sample_key="sample")
+    on_rna = sf.CellPLM.from_model(carried, rna, n_pe_neighbors=4)
+    off_rna = sf.CellPLM.from_model(carried, rna, n_pe_neighbors=0)
+    np.testing.assert_allclose(
+        on_rna.get_latent_representation(), off_rna.get_latent_representation(), atol=1e-6
+    )
+
+
 def test_unknown_genes_error(corpus):
     model = sf.CellPLM(_setup(corpus), **TINY)
     new = _counts(10, ["gene_1", "gene_2", "NOT_A_GENE", "ALSO_NOT"])

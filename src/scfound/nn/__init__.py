@@ -6,6 +6,7 @@ from ._flowformer import FlowAttention, FlowformerEncoder, FlowformerLayer, flow
 from ._graph import GATConv, GATEncoder, GINConv, knn_graph, laplacian_eigenvectors, random_walk_pe
 from ._positional import (
     POSITIONAL_ENCODINGS,
+    CondPE,
     PositionalEncoding,
     normalize_coords,
     positional_encoding,
@@ -14,6 +15,7 @@ from ._positional import (
 
 __all__ = [
     "POSITIONAL_ENCODINGS",
+    "CondPE",
     "FlowAttention",
     "FlowformerEncoder",
     "FlowformerLayer",

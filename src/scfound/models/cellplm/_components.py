@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scfound.nn import sinusoid_2d
+from scfound.nn import CondPE, knn_graph, sinusoid_2d
 
 #: side of the integer grid that spatial coordinates are mapped to (the paper's [0, 100))
 PE_GRID = 100
@@ -56,6 +56,11 @@ class GeneExpressionEmbedder(nn.Module):
         Add the 2-D sinusoid encoding for spatial cells and a learned shared token for the others.
         The authors' released code has this line commented out, so their checkpoint was trained
         without it; it is on by default for models trained with scfound.
+    n_pe_neighbors
+        With ``k > 0``, each spatial cell's token also gets a graph-attention summary of the
+        tokens of its ``k`` nearest cells (:class:`~scfound.nn.CondPE`, SpaFormer's conditional
+        positional encoding; not in CellPLM). Its projection starts at zero, so a pre-trained
+        model that lacked it is unchanged until fine-tuning trains it.
 
     """
 
@@ -66,9 +71,15 @@ class GeneExpressionEmbedder(nn.Module):
         dropout: float = 0.2,
         norm: str = "groupnorm",
         spatial_pe: bool = True,
+        n_pe_neighbors: int = 0,
     ):
         super().__init__()
         self.spatial_pe = spatial_pe
+        self.n_pe_neighbors = n_pe_neighbors
+        self.neighbour_pe = None
+        if n_pe_neighbors > 0:
+            self.neighbour_pe = CondPE(n_hidden)
+            nn.init.zeros_(self.neighbour_pe.gat.lin.weight)
         self.gene_embedding = nn.Parameter(torch.randn(n_vocab, n_hidden) * 0.005)
         self.missing_pe = nn.Parameter(torch.randn(n_hidden) * 0.01)
         xs, ys = torch.meshgrid(torch.arange(PE_GRID), torch.arange(PE_GRID), indexing="ij")
@@ -89,6 +100,8 @@ class GeneExpressionEmbedder(nn.Module):
         """
         emb = self.gene_embedding.index_select(0, gene_ids)
         h = torch.sparse.mm(x, emb) if x.is_sparse or x.layout == torch.sparse_csr else x @ emb
+        if self.neighbour_pe is not None and coords is not None:
+            h = h + self.neighbour_pe(h, coords, knn_graph(coords, self.n_pe_neighbors))
         if self.spatial_pe:
             if coords is None:
                 h = h + self.missing_pe

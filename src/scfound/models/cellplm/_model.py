@@ -126,6 +126,11 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         Dropout (0.2) and the embedder/decoder normalisation (``"groupnorm"``).
     spatial_pe
         Use the spatial positional encoding.
+    n_pe_neighbors
+        With ``k > 0``, a graph-attention layer adds a summary of each spatial cell's ``k``
+        nearest cells to its token (SpaFormer's conditional positional encoding, not in the
+        paper; 0 turns it off). It starts at zero, so it can be added when fine-tuning a model
+        pre-trained without it (``CellPLM.from_model(..., n_pe_neighbors=12)``).
     cell_mask_rate, gene_mask_rate, mask_beta, drop_node_rate
         Masking (0.75 / 0.25; ``mask_beta`` draws each cell's gene rate from Beta(5, 13) as the
         released code) and DropNode (0.3).
@@ -178,6 +183,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         dropout: float = 0.2,
         norm: str = "groupnorm",
         spatial_pe: bool = True,
+        n_pe_neighbors: int = 0,
         cell_mask_rate: float = 0.75,
         gene_mask_rate: float = 0.25,
         mask_beta: bool = False,
@@ -229,6 +235,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             dropout=dropout,
             norm=norm,
             spatial_pe=spatial_pe,
+            n_pe_neighbors=n_pe_neighbors,
             cell_mask_rate=cell_mask_rate,
             gene_mask_rate=gene_mask_rate,
             mask_beta=mask_beta,

@@ -84,6 +84,7 @@ class CellPLMModule(BaseModuleClass):
         dropout: float = 0.2,
         norm: str = "groupnorm",
         spatial_pe: bool = True,
+        n_pe_neighbors: int = 0,
         cell_mask_rate: float = 0.75,
         gene_mask_rate: float = 0.25,
         mask_beta: bool = False,
@@ -113,7 +114,9 @@ class CellPLMModule(BaseModuleClass):
         self.reconstruction_weight = reconstruction_weight
         self.set_input_genes(input_genes, measured)
 
-        self.embedder = GeneExpressionEmbedder(n_vocab, n_hidden, dropout, norm, spatial_pe)
+        self.embedder = GeneExpressionEmbedder(
+            n_vocab, n_hidden, dropout, norm, spatial_pe, n_pe_neighbors
+        )
         self.encoder = FlowformerEncoder(n_hidden, n_layers, n_heads, dropout)
         self.encoder_norm = nn.LayerNorm(n_hidden)
         self.latent = GaussianMixtureLatent(
