@@ -91,13 +91,6 @@ def log_cp10k(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     return np.log1p(X * scale[:, None])
 
 
-def counts_share(adata: AnnData, targets: Sequence[str], genes: Sequence[str]) -> np.ndarray:
-    """Counts of ``targets`` over each cell's total of ``genes`` (0 where that total is 0)."""
-    totals = counts_of(adata, genes).sum(axis=1, keepdims=True)
-    X = counts_of(adata, targets)
-    return np.divide(X, totals, out=np.zeros_like(X), where=totals > 0)
-
-
 def zscore(X: np.ndarray) -> np.ndarray:
     """Per-gene z-scores over cells (``ddof=0``); constant genes become 0."""
     mean = X.mean(axis=0)
@@ -216,8 +209,8 @@ def spage_impute(
         Random state of the PCA solver.
     scale
         ``"log1p"``: weighted mean of the reference's log1p-CP10k; ``"counts"``: weighted mean
-        of the targets' share of the reference cells' counts over the shared genes, times the
-        query cell's total over the shared genes (``scfound.STAI``'s ``scale="counts"``).
+        of its CP10k, times the query cell's total over the shared genes divided by the
+        reference's mean CP10k total over them (``scfound.STAI``'s ``scale="counts"``).
 
     Returns
     -------
@@ -227,15 +220,15 @@ def spage_impute(
     ref_pcs, qry_pcs = joint_pca(query, reference, genes, n_pv, seed)
     dist, idx = cosine_neighbors(qry_pcs, ref_pcs, k)
     weights = spage_weights(dist)
-    if scale == "log1p":
-        values = log_cp10k(reference, targets)
-    elif scale == "counts":
-        values = counts_share(reference, targets, genes)
-    else:
+    if scale not in ("log1p", "counts"):
         raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+    values = log_cp10k(reference, targets)
+    if scale == "counts":
+        values = np.expm1(values)
     imputed = np.einsum("nk,nkg->ng", weights, values[idx])
     if scale == "counts":
-        imputed *= counts_of(query, genes).sum(axis=1, keepdims=True)
+        shared = np.expm1(log_cp10k(reference, genes)).sum(axis=1).mean()
+        imputed *= counts_of(query, genes).sum(axis=1, keepdims=True) / shared
     return pd.DataFrame(imputed, index=query.obs_names, columns=list(targets))
 
 

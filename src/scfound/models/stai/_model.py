@@ -58,10 +58,15 @@ IMPUTATION_WEIGHTS = {
 ANNOTATION_WEIGHTS = IMPUTATION_WEIGHTS | {"classification": 10.0, "imputation": 2.0, "gene": 1.0}
 
 
+def _normalize(counts: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
+    """Counts normalised to :data:`TARGET_SUM` per cell (sparse in, sparse out)."""
+    scaled = sp.diags(TARGET_SUM / np.maximum(library, 1.0)) @ counts
+    return sp.csr_matrix(scaled, dtype=np.float32)
+
+
 def _log_normalize(counts: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
     """``log1p`` of counts normalised to :data:`TARGET_SUM` per cell (sparse in, sparse out)."""
-    scaled = sp.diags(TARGET_SUM / np.maximum(library, 1.0)) @ counts
-    scaled = sp.csr_matrix(scaled, dtype=np.float32)
+    scaled = _normalize(counts, library)
     scaled.data = np.log1p(scaled.data)
     return scaled
 
@@ -467,10 +472,11 @@ class STAI(BaseModelClass):
             Reference genes to impute; default every reference gene the spatial data lacks.
         scale
             ``"log1p"`` (stAI): the reference's ``log1p`` of counts normalised to 1e4 per cell.
-            ``"counts"``: expected counts at each spatial cell's own depth, i.e. the gene's share
-            of the reference cells' counts over the shared genes, times the spatial cell's total
-            over the shared genes. The spatial cells' depth varies with cell size and
-            detection, and measured counts carry it; the ``log1p`` scale does not.
+            ``"counts"``: expected counts at each spatial cell's own depth: the neighbours' mean
+            normalised expression (counts per 1e4, not logged), times the spatial cell's total
+            over the shared genes, divided by the reference's mean normalised total over the
+            shared genes. The spatial cells' depth varies with cell size and detection, and
+            measured counts carry it; the ``log1p`` scale does not.
 
         Returns
         -------
@@ -496,18 +502,16 @@ class STAI(BaseModelClass):
                     f"{len(absent)} requested gene(s) are not in the reference: {absent[:10]}."
                 )
         counts = self._reference_X[:, ref_genes.get_indexer(genes)]
-        if scale == "log1p":
-            values = _log_normalize(counts, self._library)
-        else:
-            shared = np.asarray(self._reference_counts.sum(1), dtype=np.float64).ravel()
-            values = sp.diags(np.divide(1.0, shared, out=np.zeros_like(shared), where=shared > 0))
-            values = values @ counts
+        normalize = _log_normalize if scale == "log1p" else _normalize
+        values = normalize(counts, self._library)
         out = np.zeros((self.adata.n_obs, len(genes)), dtype=np.float64)
         for m in range(self.n_folds):
             out += (self._neighbour_weights(m) @ values).toarray()
         out /= self.n_folds
         if scale == "counts":
-            out *= np.asarray(self._spatial_counts.sum(1), dtype=np.float64)
+            depth = np.asarray(self._spatial_counts.sum(1), dtype=np.float64)
+            shared = _normalize(self._reference_counts, self._library).sum(1).mean()
+            out *= depth / max(float(shared), 1e-12)
         return pd.DataFrame(
             out.astype(np.float32),
             index=self.adata.obs_names.copy(),
