@@ -313,12 +313,7 @@ def run_kl(out: dict, args: argparse.Namespace) -> None:
 
 
 def run_pretrain(out: dict, args: argparse.Namespace) -> None:
-    """Pre-train on the corpus, then the zero-shot and fine-tuning tasks."""
-    from sklearn.decomposition import PCA
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, f1_score
-    from sklearn.neighbors import NearestNeighbors
-
+    """Pre-train on the corpus (or read it from the cache), then the tasks in ``args.parts``."""
     seed = args.seed
     corpus, mop, is_held, osm = pretraining_data(seed)
     mop_held = mop[is_held].copy()
@@ -351,9 +346,21 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
         "cached": cached,
         "final_train_loss": float(np.asarray(pre.history["train_loss"], dtype=float).ravel()[-1]),
     }
-    ft = args.finetune_epochs
+    tasks = {
+        "embedding": lambda: embedding_task(pre, mop_held, args),
+        "denoising": lambda: denoising_task(pre, mop_held, args),
+        "annotation": lambda: annotation_task(pre, mop, is_held, args),
+        "osmfish": lambda: osmfish_task(pre, osm, args),
+    }
+    for name in args.parts:
+        out[name] = tasks[name]()
 
-    # ---- zero-shot embedding of unseen samples
+
+def embedding_task(pre: sf.CellPLM, mop_held: ad.AnnData, args) -> pd.DataFrame:
+    """Zero-shot embedding of MoP samples unseen in pre-training vs PCA and scVI."""
+    from sklearn.decomposition import PCA
+
+    seed = args.seed
     query = mop_held.copy()
     sf.CellPLM.setup_anndata(query, sample_key="batch")
     labels = query.obs["cell_type"].to_numpy()
@@ -366,9 +373,15 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
     (model, data), t = timed(scvi_model, query, "batch", args.scvi_epochs, seed)
     emb = model.get_latent_representation(data)
     rows.append({"method": "scVI", **clustering_scores(emb, labels, n_pcs=30), "s": t})
-    out["embedding"] = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
-    # ---- denoising
+
+def denoising_task(pre: sf.CellPLM, mop_held: ad.AnnData, args) -> pd.DataFrame:
+    """The paper's denoising protocol on unseen MoP samples vs scVI and kNN smoothing."""
+    from sklearn.decomposition import PCA
+    from sklearn.neighbors import NearestNeighbors
+
+    seed, ft = args.seed, args.finetune_epochs
     mask = mask_nonzeros(sp.csr_matrix(mop_held.X), 0.1, seed)
     noisy = mop_held.copy()
     noisy.X = sp.csr_matrix(mop_held.X - mop_held.X.multiply(mask))
@@ -404,9 +417,16 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
     smooth = noisy_log[nn_idx].mean(1)
     rows.append(score("kNN smoothing (k=15, PCA)", smooth, time.perf_counter() - start))
     rows.append(score("no imputation (masked input)", noisy_log, 0.0))
-    out["denoising"] = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
-    # ---- annotation: labels of the pre-training samples, test on the unseen ones
+
+def annotation_task(pre: sf.CellPLM, mop: ad.AnnData, is_held: np.ndarray, args) -> pd.DataFrame:
+    """Labels of the pre-training samples, tested on the unseen ones, vs LR on PCA and scANVI."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+
+    seed, ft = args.seed, args.finetune_epochs
     ann = mop.copy()
     ann.obs["labels"] = np.where(is_held, "unknown", ann.obs["cell_type"].astype(str))
     sf.CellPLM.setup_anndata(ann, sample_key="batch", labels_key="labels")
@@ -459,9 +479,12 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
     scanvi.train(max_epochs=args.scanvi_epochs, enable_progress_bar=False)
     pred = np.asarray(scanvi.predict(data))[is_held]
     rows.append(ann_row("scANVI", pred, time.perf_counter() - start))
-    out["annotation"] = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
-    # ---- osmFISH imputation of held-out entries
+
+def osmfish_task(pre: sf.CellPLM, osm: ad.AnnData, args) -> pd.DataFrame:
+    """Imputation of osmFISH's held-out entries: fine-tuned vs from scratch vs SpaFormer."""
+    seed = args.seed
     truth_counts = osm.layers["counts"]
     held_mask = osm.layers["heldout"]
     small = ad.AnnData(
@@ -498,7 +521,7 @@ def run_pretrain(out: dict, args: argparse.Namespace) -> None:
             "s": time.perf_counter() - start,
         }
     )
-    out["osmfish"] = pd.DataFrame(rows)
+    return pd.DataFrame(rows)
 
 
 # -------------------------------------------------------------------------------- report
@@ -624,6 +647,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kl-likelihoods", nargs="+", default=["mse", "nb"])
     parser.add_argument("--kl-epochs", type=int, default=40)
     parser.add_argument("--finetune-epochs", type=int, default=40)
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["embedding", "denoising", "annotation", "osmfish"],
+        default=["embedding", "denoising", "annotation", "osmfish"],
+        help="downstream tasks of --tasks pretrain",
+    )
     parser.add_argument("--osm-epochs", type=int, default=100)
     parser.add_argument(
         "--osm-pe-neighbors",
