@@ -209,6 +209,9 @@ def test_neighbour_encoding_starts_at_zero_and_learns(corpus):
     z = carried.get_latent_representation()
     assert np.isfinite(z).all()
     assert np.abs(z - plain.get_latent_representation()).max() > 1e-4
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="n_pe_neighbors must be"):
+            sf.CellPLM.from_model(model, spatial, n_pe_neighbors=bad)
     # cells without coordinates are embedded as without the encoding
     rna = corpus[corpus.obs["dataset"] == "rna"].copy()
     sf.CellPLM.setup_anndata(rna, sample_key="sample")

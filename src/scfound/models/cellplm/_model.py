@@ -201,6 +201,10 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
                 raise ValueError(f"{name} must be in [0, 1), got {rate}.")
         if not 0 <= drop_node_rate < 1:
             raise ValueError(f"drop_node_rate must be in [0, 1), got {drop_node_rate}.")
+        if isinstance(n_pe_neighbors, bool) or int(n_pe_neighbors) != n_pe_neighbors:
+            raise ValueError(f"n_pe_neighbors must be a whole number, got {n_pe_neighbors!r}.")
+        if n_pe_neighbors < 0:
+            raise ValueError(f"n_pe_neighbors must be >= 0 (0: off), got {n_pe_neighbors}.")
         genes = self._gene_names(self.adata, gene_key)
         vocabulary = list(genes) if vocabulary is None else [str(g) for g in vocabulary]
         self.vocabulary = vocabulary
