@@ -785,8 +785,9 @@ def method_settings(args: argparse.Namespace) -> str:
         + (
             "the reference's log1p-CP10k."
             if args.scale == "log1p"
-            else "the gene's share of the reference cells' counts over the shared genes, times "
-            "the query cell's total over the shared genes (as stAI's `scale='counts'`)."
+            else "the reference's CP10k, times the query cell's total over the shared genes "
+            "divided by the reference's mean CP10k total over them (as stAI's "
+            "`scale='counts'`)."
         ),
         "Tangram: `tangram-sc` 1.0.4, `mode='cells'`, raw counts in both, "
         f"{args.tangram_epochs} epochs{tangram_note}, lr 0.1, rna_count_based density prior, "
