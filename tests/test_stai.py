@@ -99,6 +99,21 @@ def test_stai_imputes_unmeasured_genes_and_annotates(pair):
     assert counts.columns.equals(imputed.columns) and counts.index.equals(imputed.index)
     with pytest.raises(ValueError, match="scale must be"):
         model.get_imputed_expression(scale="raw")
+    # temperature: picked on the calibration genes, then the default of the imputation
+    assert model.imputation_temperature_ == 1.0
+    table = model.calibrate_imputation((0.25, 1.0))
+    assert list(table.index) == [0.25, 1.0] and np.isfinite(table).all()
+    assert model.imputation_temperature_ == table.idxmax()
+    sharp = model.get_imputed_expression(temperature=0.25)
+    np.testing.assert_allclose(
+        model.get_imputed_expression(), model.get_imputed_expression(temperature=table.idxmax())
+    )
+    assert not np.allclose(sharp.to_numpy(), imputed.to_numpy())
+    for bad in ((), (0.0, 1.0)):
+        with pytest.raises(ValueError, match="temperatures must be positive"):
+            model.calibrate_imputation(bad)
+    with pytest.raises(ValueError, match="temperature must be positive"):
+        model.get_imputed_expression(temperature=-1.0)
     pred = model.predict()
     accuracy = pred.astype(str).to_numpy() == spatial.obs["cell_type"].astype(str).to_numpy()
     assert accuracy.mean() > 0.8
@@ -119,6 +134,10 @@ def test_save_load_round_trip(pair, tmp_path):
     loaded = sf.STAI.load(tmp_path / "m", spatial.copy(), reference.copy())
     genes = ["gene_25"]
     assert np.allclose(loaded.get_imputed_expression(genes), model.get_imputed_expression(genes))
+    model.imputation_temperature_ = 0.5
+    model.save(tmp_path / "t")
+    reloaded = sf.STAI.load(tmp_path / "t", spatial.copy(), reference.copy())
+    assert reloaded.imputation_temperature_ == 0.5
     assert (loaded.predict() == model.predict()).all()
     with pytest.raises(ValueError, match="already holds"):
         model.save(tmp_path / "m")

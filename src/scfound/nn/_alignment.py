@@ -61,7 +61,7 @@ def cross_correlation(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> to
 
 
 def knn_softmax(
-    query: torch.Tensor, reference: torch.Tensor, k: int | None
+    query: torch.Tensor, reference: torch.Tensor, k: int | None, temperature: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax of negative Euclidean distances over each query's ``k`` nearest reference rows.
 
@@ -71,6 +71,8 @@ def knn_softmax(
         ``(n, d)`` and ``(m, d)`` latent vectors.
     k
         Neighbours per query row; ``None`` (or ``k >= m``) uses every reference row.
+    temperature
+        The distances are divided by it: below 1 the weights favour the nearest rows more.
 
     Returns
     -------
@@ -80,9 +82,9 @@ def knn_softmax(
     if k is None or k >= reference.shape[0]:
         dist = squared_distances(query, reference).add(1e-12).sqrt()
         index = torch.arange(reference.shape[0], device=query.device).expand(query.shape[0], -1)
-        return torch.softmax(-dist, dim=1), index
+        return torch.softmax(-dist / temperature, dim=1), index
     with torch.no_grad():  # select without a graph, then differentiate the k distances only
         distances = squared_distances(query, reference)
         index = distances.topk(k, dim=1, largest=False, sorted=False).indices
     dist = (query.unsqueeze(1) - reference[index]).pow(2).sum(-1).add(1e-12).sqrt()
-    return torch.softmax(-dist, dim=1), index
+    return torch.softmax(-dist / temperature, dim=1), index

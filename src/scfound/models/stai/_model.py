@@ -26,7 +26,7 @@ from scfound.data._paired_loader import (
     knn_adjacency,
     spatial_blocks,
 )
-from scfound.nn._alignment import knn_softmax
+from scfound.nn._alignment import column_pearson, knn_softmax
 
 from .._base import WEIGHTS_FILE, check_genes, read_model_meta, write_model
 from ._module import (
@@ -237,6 +237,8 @@ class STAI(BaseModelClass):
             gene_loss=gene_loss,
             mmd_cells=mmd_cells,
         )
+        #: softmax temperature of the imputation (1: stAI; see :meth:`calibrate_imputation`)
+        self.imputation_temperature_ = 1.0
         self.init_params_ = {
             "kwargs": {
                 "n_hidden": n_hidden,
@@ -460,6 +462,7 @@ class STAI(BaseModelClass):
         self,
         genes: Sequence[str] | None = None,
         scale: Literal["log1p", "counts"] = "log1p",
+        temperature: float | None = None,
     ) -> pd.DataFrame:
         """Expression of reference genes in the spatial cells, averaged over the submodels.
 
@@ -477,6 +480,9 @@ class STAI(BaseModelClass):
             over the shared genes, divided by the reference's mean normalised total over the
             shared genes. The spatial cells' depth varies with cell size and detection, and
             measured counts carry it; the ``log1p`` scale does not.
+        temperature
+            Softmax temperature of the neighbour weights (distances are divided by it); default
+            :attr:`imputation_temperature_`: 1 (stAI) unless :meth:`calibrate_imputation` set it.
 
         Returns
         -------
@@ -485,6 +491,7 @@ class STAI(BaseModelClass):
         """
         if scale not in ("log1p", "counts"):
             raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+        temperature = self._temperature(temperature)
         self._check_if_trained(warn=False)
         ref_genes = self.reference.var_names
         if genes is None:
@@ -506,7 +513,7 @@ class STAI(BaseModelClass):
         values = normalize(counts, self._library)
         out = np.zeros((self.adata.n_obs, len(genes)), dtype=np.float64)
         for m in range(self.n_folds):
-            out += (self._neighbour_weights(m) @ values).toarray()
+            out += (self._neighbour_weights(m, temperature) @ values).toarray()
         out /= self.n_folds
         if scale == "counts":
             depth = np.asarray(self._spatial_counts.sum(1), dtype=np.float64)
@@ -518,7 +525,66 @@ class STAI(BaseModelClass):
             columns=genes,
         )
 
-    def _neighbour_weights(self, m: int) -> sp.csr_matrix:
+    def calibrate_imputation(
+        self,
+        temperatures: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
+        scale: Literal["log1p", "counts"] = "counts",
+    ) -> pd.Series:
+        """Pick the imputation temperature on the measured genes, without held-out data.
+
+        Each submodel never reads its calibration genes, though the spatial data measures them:
+        they are imputed from the reference at every temperature and scored by their Pearson
+        correlation with the spatial values (per gene across cells; on the ``counts`` scale the
+        depth is each cell's total over the submodel's training genes, so the scored gene does
+        not enter its own estimate). The temperature with the best mean over genes and
+        submodels becomes :attr:`imputation_temperature_`, the default of
+        :meth:`get_imputed_expression`. The submodels were trained at temperature 1 on these
+        genes' imputation loss, which favours 1, so a lower choice is conservative.
+
+        Parameters
+        ----------
+        temperatures
+            Candidates (positive).
+        scale
+            Output scale to calibrate for (see :meth:`get_imputed_expression`).
+
+        Returns
+        -------
+        Mean Pearson correlation of the calibration genes per temperature.
+
+        """
+        temps = [float(t) for t in temperatures]
+        if not temps or any(not t > 0 for t in temps):
+            raise ValueError(f"temperatures must be positive numbers, got {list(temperatures)}.")
+        if scale not in ("log1p", "counts"):
+            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+        self._check_if_trained(warn=False)
+        normalize = _log_normalize if scale == "log1p" else _normalize
+        reference = normalize(self._reference_counts, self._library)
+        spatial = self._spatial_counts.toarray().astype(np.float64)
+        scores = {t: [] for t in temps}
+        for m in range(self.n_folds):
+            train, calib = (g.cpu().numpy() for g in self.module.genes(m))
+            depth = spatial[:, train].sum(1, keepdims=True)
+            for t in temps:
+                pred = (self._neighbour_weights(m, t) @ reference[:, calib]).toarray()
+                if scale == "counts":
+                    pred = pred * depth
+                pcc = column_pearson(torch.from_numpy(pred), torch.from_numpy(spatial[:, calib]))
+                scores[t] += pcc.tolist()
+        table = pd.Series({t: float(np.mean(v)) for t, v in scores.items()}, name="calibration_pcc")
+        table.index.name = "temperature"
+        self.imputation_temperature_ = float(table.idxmax())
+        return table
+
+    def _temperature(self, temperature: float | None) -> float:
+        """``temperature``, or the model's when None; must be positive."""
+        temperature = self.imputation_temperature_ if temperature is None else temperature
+        if not float(temperature) > 0:
+            raise ValueError(f"temperature must be positive, got {temperature!r}.")
+        return float(temperature)
+
+    def _neighbour_weights(self, m: int, temperature: float = 1.0) -> sp.csr_matrix:
         """Sparse ``(n_spatial, n_reference)`` imputation weights of submodel ``m``."""
         z_sp, z_ref = self._latents(m)
         n_ref = z_ref.shape[0]
@@ -527,7 +593,9 @@ class STAI(BaseModelClass):
         rows, cols, vals = [], [], []
         with torch.inference_mode():
             for start in range(0, z_sp.shape[0], step):
-                w, idx = knn_softmax(z_sp[start : start + step], z_ref, self.module.topk)
+                w, idx = knn_softmax(
+                    z_sp[start : start + step], z_ref, self.module.topk, temperature
+                )
                 rows.append(np.repeat(np.arange(start, start + w.shape[0]), k))
                 cols.append(idx.cpu().numpy().ravel())
                 vals.append(w.cpu().numpy().ravel())
@@ -576,6 +644,7 @@ class STAI(BaseModelClass):
             "reference_setup": self.reference_manager.registry["setup_args"],
             "init_params": self.init_params_["kwargs"],
             "is_trained": self.is_trained_,
+            "imputation_temperature": self.imputation_temperature_,
         }
         write_model(dir_path, self, meta, overwrite)
 
@@ -593,5 +662,6 @@ class STAI(BaseModelClass):
         )
         model.module.load_state_dict(state)
         model.is_trained_ = meta["is_trained"]
+        model.imputation_temperature_ = float(meta.get("imputation_temperature", 1.0))
         model.module.eval()
         return model
