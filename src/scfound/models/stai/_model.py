@@ -566,8 +566,9 @@ class STAI(BaseModelClass):
         for m in range(self.n_folds):
             train, calib = (g.cpu().numpy() for g in self.module.genes(m))
             depth = spatial[:, train].sum(1, keepdims=True)
+            latents = self._latents(m)
             for t in temps:
-                pred = (self._neighbour_weights(m, t) @ reference[:, calib]).toarray()
+                pred = (self._neighbour_weights(m, t, latents) @ reference[:, calib]).toarray()
                 if scale == "counts":
                     pred = pred * depth
                 pcc = column_pearson(torch.from_numpy(pred), torch.from_numpy(spatial[:, calib]))
@@ -584,9 +585,14 @@ class STAI(BaseModelClass):
             raise ValueError(f"temperature must be positive, got {temperature!r}.")
         return float(temperature)
 
-    def _neighbour_weights(self, m: int, temperature: float = 1.0) -> sp.csr_matrix:
-        """Sparse ``(n_spatial, n_reference)`` imputation weights of submodel ``m``."""
-        z_sp, z_ref = self._latents(m)
+    def _neighbour_weights(
+        self, m: int, temperature: float = 1.0, latents: tuple | None = None
+    ) -> sp.csr_matrix:
+        """Sparse ``(n_spatial, n_reference)`` imputation weights of submodel ``m``.
+
+        ``latents`` are submodel ``m``'s ``(spatial, reference)`` latents, if already computed.
+        """
+        z_sp, z_ref = self._latents(m) if latents is None else latents
         n_ref = z_ref.shape[0]
         k = n_ref if self.module.topk is None else min(self.module.topk, n_ref)
         step = max(1, 2**22 // n_ref)
