@@ -167,3 +167,13 @@ def check_groups(adata: AnnData, group_key: str) -> None:
             f"(e.g. {single[:5]}); a cell needs other cells of its group as context. Merge them "
             "into neighbouring groups (e.g. scfound.pp.spatial_tiles(..., min_cells=...))."
         )
+
+
+#: output scales of imputed expression: log-normalised (library 1e4) or expected counts
+EXPRESSION_SCALES = ("log1p", "counts")
+
+
+def check_scale(scale: str) -> None:
+    """``scale`` must be one of :data:`EXPRESSION_SCALES`."""
+    if scale not in EXPRESSION_SCALES:
+        raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")

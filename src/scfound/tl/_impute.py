@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from anndata import AnnData
 
-from scfound._utils import record
+from scfound._utils import check_scale, record
 from scfound.models import STAI, CellPLM, SpaFormer
 
 from ._spaformer import spaformer_for
@@ -124,8 +124,7 @@ def impute(
     adata = adata.copy() if copy else adata
     key_added = key_added or f"{method}_imputed"
     if method in ("stai", "cellplm"):
-        if scale not in ("log1p", "counts"):
-            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+        check_scale(scale)
         if reference is None:
             raise ValueError(
                 f"method={method!r} imputes genes from a `reference`; pass reference=. (To "

@@ -21,7 +21,13 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainingPlan, TrainRunner
 
-from scfound._utils import check_expression, check_groups, get_matrix, layer_name
+from scfound._utils import (
+    check_expression,
+    check_groups,
+    check_scale,
+    get_matrix,
+    layer_name,
+)
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
 from .._base import SafeSaveMixin
@@ -679,8 +685,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Cells of one sample decoded together.
 
         """
-        if scale not in ("log1p", "counts"):
-            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+        check_scale(scale)
         module = self.module
 
         def denoise(tensors, out):

@@ -19,7 +19,7 @@ from scvi.model.base import BaseModelClass
 from scvi.train import TrainingPlan, TrainRunner
 from sklearn.model_selection import KFold
 
-from scfound._utils import check_expression, get_matrix, get_spatial, layer_name
+from scfound._utils import check_expression, check_scale, get_matrix, get_spatial, layer_name
 from scfound.data._paired_loader import (
     PairedDataModule,
     block_edges,
@@ -489,8 +489,7 @@ class STAI(BaseModelClass):
         DataFrame (spatial cells x genes).
 
         """
-        if scale not in ("log1p", "counts"):
-            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+        check_scale(scale)
         temperature = self._temperature(temperature)
         self._check_if_trained(warn=False)
         ref_genes = self.reference.var_names
@@ -517,8 +516,9 @@ class STAI(BaseModelClass):
         out /= self.n_folds
         if scale == "counts":
             depth = np.asarray(self._spatial_counts.sum(1), dtype=np.float64)
-            shared = _normalize(self._reference_counts, self._library).sum(1).mean()
-            out *= depth / max(float(shared), 1e-12)
+            shared = np.asarray(self._reference_counts.sum(1), dtype=np.float64).ravel()
+            shared = float(np.mean(shared * TARGET_SUM / np.maximum(self._library, 1.0)))
+            out *= depth / max(shared, 1e-12)
         return pd.DataFrame(
             out.astype(np.float32),
             index=self.adata.obs_names.copy(),
@@ -556,8 +556,7 @@ class STAI(BaseModelClass):
         temps = [float(t) for t in temperatures]
         if not temps or any(not t > 0 for t in temps):
             raise ValueError(f"temperatures must be positive numbers, got {list(temperatures)}.")
-        if scale not in ("log1p", "counts"):
-            raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+        check_scale(scale)
         self._check_if_trained(warn=False)
         normalize = _log_normalize if scale == "log1p" else _normalize
         reference = normalize(self._reference_counts, self._library)
