@@ -98,12 +98,34 @@ def zscore(X: np.ndarray) -> np.ndarray:
     return np.divide(X - mean, sd, out=np.zeros_like(X), where=sd > 0)
 
 
+def reference_features(
+    reference: AnnData, genes: Sequence[str], transform: str = "cp10k_log1p"
+) -> np.ndarray:
+    """The reference's ``genes`` as ``scfound.STAI``'s ``reference_transform`` reads them.
+
+    ``"cp10k_log1p"``: :func:`log_cp10k`; ``"scale"``: raw counts; ``"log1p"``: their ``log1p``.
+    """
+    if transform == "cp10k_log1p":
+        return log_cp10k(reference, genes)
+    if transform == "scale":
+        return counts_of(reference, genes)
+    if transform == "log1p":
+        return np.log1p(counts_of(reference, genes))
+    raise ValueError(f"unknown reference transform {transform!r}.")
+
+
 def joint_pca(
-    query: AnnData, reference: AnnData, genes: Sequence[str], n_pcs: int, seed: int = 0
+    query: AnnData,
+    reference: AnnData,
+    genes: Sequence[str],
+    n_pcs: int,
+    seed: int = 0,
+    reference_transform: str = "cp10k_log1p",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Reference and query in one PCA space fitted on the reference.
 
-    The reference is log1p-CP10k normalised (library over all its genes) and both datasets are
+    The reference is log1p-CP10k normalised (library over all its genes; or as
+    ``reference_transform`` says, see :func:`reference_features`) and both datasets are
     z-scored per gene over their own cells (the query from raw counts, as stAI does); the PCA
     (``min(n_pcs, len(genes))`` components) is fitted on the reference and applied to both.
 
@@ -119,12 +141,14 @@ def joint_pca(
         Largest number of components.
     seed
         Random state of the PCA solver.
+    reference_transform
+        Reference values before the z-scores (:func:`reference_features`).
 
     Returns
     -------
     ``(reference_pcs, query_pcs)``.
     """
-    ref = zscore(log_cp10k(reference, genes))
+    ref = zscore(reference_features(reference, genes, reference_transform))
     qry = zscore(counts_of(query, genes))
     n_comps = max(1, min(n_pcs, len(genes), ref.shape[0]))
     pca = PCA(n_components=n_comps, random_state=seed).fit(ref)
@@ -183,6 +207,7 @@ def spage_impute(
     k: int = 50,
     seed: int = 0,
     scale: str = "log1p",
+    reference_transform: str = "cp10k_log1p",
 ) -> pd.DataFrame:
     """SpaGE-like imputation: weighted mean over the 50 nearest reference cells.
 
@@ -211,13 +236,15 @@ def spage_impute(
         ``"log1p"``: weighted mean of the reference's log1p-CP10k; ``"counts"``: weighted mean
         of its CP10k, times the query cell's total over the shared genes divided by the
         reference's mean CP10k total over them (``scfound.STAI``'s ``scale="counts"``).
+    reference_transform
+        Reference values of the joint PCA (:func:`reference_features`).
 
     Returns
     -------
     DataFrame of query cells x ``targets``, on the ``scale`` asked for.
     """
     genes = [g for g in shared_genes(query, reference) if g not in set(targets)]
-    ref_pcs, qry_pcs = joint_pca(query, reference, genes, n_pv, seed)
+    ref_pcs, qry_pcs = joint_pca(query, reference, genes, n_pv, seed, reference_transform)
     dist, idx = cosine_neighbors(qry_pcs, ref_pcs, k)
     weights = spage_weights(dist)
     if scale not in ("log1p", "counts"):
@@ -440,6 +467,7 @@ def knn_annotate(
     n_pcs: int = 30,
     k: int = 15,
     seed: int = 0,
+    reference_transform: str = "cp10k_log1p",
 ) -> np.ndarray:
     """Label transfer by kNN: majority vote of the ``k`` nearest reference cells.
 
@@ -460,13 +488,15 @@ def knn_annotate(
         Neighbours per query cell.
     seed
         Random state of the PCA solver.
+    reference_transform
+        Reference values of the joint PCA (:func:`reference_features`).
 
     Returns
     -------
     Predicted label of each query cell.
     """
     genes = shared_genes(query, reference)
-    ref_pcs, qry_pcs = joint_pca(query, reference, genes, n_pcs, seed)
+    ref_pcs, qry_pcs = joint_pca(query, reference, genes, n_pcs, seed, reference_transform)
     _, idx = cosine_neighbors(qry_pcs, ref_pcs, k)
     codes, names = pd.factorize(reference.obs[labels_key].astype(str))
     n, k = idx.shape

@@ -403,6 +403,7 @@ def impute_spage(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict)
         k=cfg["spage_k"],
         seed=cfg["seed"],
         scale=cfg["scale"],
+        reference_transform=cfg["reference_transform"],
     )
     return out[gene].to_numpy()
 
@@ -450,7 +451,13 @@ def annotate_stai(query: ad.AnnData, reference: ad.AnnData, cfg: dict) -> np.nda
 
 def annotate_knn(query: ad.AnnData, reference: ad.AnnData, cfg: dict) -> np.ndarray:
     return baselines.knn_annotate(
-        query, reference, LABELS, n_pcs=cfg["spage_npv"], k=cfg["knn_k"], seed=cfg["seed"]
+        query,
+        reference,
+        LABELS,
+        n_pcs=cfg["spage_npv"],
+        k=cfg["knn_k"],
+        seed=cfg["seed"],
+        reference_transform=cfg["reference_transform"],
     )
 
 
@@ -545,6 +552,7 @@ def method_config(args: argparse.Namespace) -> dict[str, Any]:
     keys = [
         "seed",
         "scale",
+        "reference_transform",
         "stai_calibrate",
         "stai_epochs",
         "stai_annotation_epochs",
@@ -785,6 +793,10 @@ THREADS_NOTE = (
 )
 
 
+#: what ``--reference-transform`` z-scores, in words
+REFERENCE_VALUES = {"cp10k_log1p": "log1p-CP10k", "scale": "raw counts", "log1p": "log1p counts"}
+
+
 def method_settings(args: argparse.Namespace) -> str:
     """One paragraph with the settings of every method."""
     gimvi_genes = "shared genes + target" if args.gimvi_genes == "shared" else "all genes"
@@ -807,7 +819,8 @@ def method_settings(args: argparse.Namespace) -> str:
             if args.stai_calibrate
             else "."
         ),
-        "SpaGE-like: reference log1p-CP10k and query raw counts z-scored per gene, PCA "
+        f"SpaGE-like: reference {REFERENCE_VALUES[args.reference_transform]} and query raw "
+        "counts z-scored per gene, PCA "
         f"({args.spage_npv} components at most) fitted on the reference, {args.spage_k} nearest "
         "reference cells by cosine distance, SpaGE weights (1 - d / sum d over neighbours with "
         "d < 1, normalised), weighted mean of "
@@ -990,6 +1003,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="output scale of stAI, SpaGE-like and gimVI: log-normalised (stAI's) or expected "
         "counts at each spatial cell's depth (Tangram's output is counts either way)",
     )
+    parser.add_argument(
+        "--reference-transform",
+        choices=["cp10k_log1p", "scale", "log1p"],
+        default="cp10k_log1p",
+        help="reference values before the per-gene z-scores, for stAI (`reference_transform`) "
+        "and the SpaGE-like / kNN joint PCA: log1p-CP10k (stAI's), raw counts, or their log1p",
+    )
     parser.add_argument("--stai-epochs", type=int, default=500, help="stAI imputation epochs")
     parser.add_argument(
         "--stai-annotation-epochs", type=int, default=300, help="stAI annotation epochs"
@@ -1035,7 +1055,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="data, child logs and outputs (default: a new temp dir)",
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    given = (args.stai_model_kwargs or {}).get("reference_transform", args.reference_transform)
+    if given != args.reference_transform:
+        parser.error("--stai-model-kwargs and --reference-transform disagree; give one of them.")
+    if args.reference_transform != "cp10k_log1p":
+        args.stai_model_kwargs = (args.stai_model_kwargs or {}) | {
+            "reference_transform": args.reference_transform
+        }
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

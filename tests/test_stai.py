@@ -1,3 +1,5 @@
+import warnings
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -145,6 +147,33 @@ def test_save_load_round_trip(pair, tmp_path):
         sf.STAI.load(tmp_path / "m", spatial[:, :10].copy(), reference.copy())
 
 
+@pytest.mark.parametrize("how", ["cp10k_log1p", "scale", "log1p"])
+def test_reference_transform_sets_the_reference_z_scores(pair, how):
+    spatial, reference, _ = pair
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")
+    sf.STAI.setup_anndata(reference, layer="counts")
+    if how == "cp10k_log1p":  # 30 reference genes: a panel, normalised
+        with pytest.warns(UserWarning, match="measures only 30 genes"):
+            model = sf.STAI(spatial, reference, reference_transform=how, **FAST)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", UserWarning)
+            model = sf.STAI(spatial, reference, reference_transform=how, **FAST)
+    counts = np.asarray(reference.layers["counts"], dtype=np.float64)
+    library = counts.sum(1, keepdims=True)
+    shared = counts[:, reference.var_names.get_indexer(model.shared_genes)]
+    x = {
+        "cp10k_log1p": np.log1p(shared / library * 1e4),
+        "scale": shared,
+        "log1p": np.log1p(shared),
+    }[how]
+    expected = np.clip((x - x.mean(0)) / x.std(0), -10, 10)
+    z = model.module.scale_reference(
+        torch.tensor(shared, dtype=torch.float32), torch.tensor(library, dtype=torch.float32)
+    )
+    np.testing.assert_allclose(z.numpy(), expected, atol=1e-3)
+
+
 def test_clear_errors(pair):
     spatial, reference, _ = pair
     sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")
@@ -168,6 +197,8 @@ def test_clear_errors(pair):
     with pytest.raises(ValueError, match="without coordinates"):
         sf.STAI(no_coords, reference)
     sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")  # copies share its id
+    with pytest.raises(ValueError, match="reference_transform must be one of"):
+        sf.STAI(spatial, reference, reference_transform="cp10k")
     model = sf.STAI(spatial, reference, **FAST)
     model.train(max_epochs=1, batch_size=256)
     with pytest.raises(ValueError, match="without labels"):

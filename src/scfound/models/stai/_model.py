@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -36,6 +37,7 @@ from ._module import (
     SPATIAL_EDGES,
     SPATIAL_X,
     TARGET_SUM,
+    TRANSFORMS,
     STAIModule,
 )
 
@@ -45,6 +47,8 @@ SPATIAL_KEY = "spatial"
 SAMPLE_KEY = "sample"
 #: optimisation steps of a default training run (the authors: 500 full-batch epochs)
 DEFAULT_STEPS = 500
+#: below this many reference genes, library normalisation (``cp10k_log1p``) gets a warning
+PANEL_GENES = 500
 #: loss weights of the authors' osmFISH imputation configuration
 IMPUTATION_WEIGHTS = {
     "reconstruction": 1.0,
@@ -69,6 +73,18 @@ def _log_normalize(counts: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
     scaled = _normalize(counts, library)
     scaled.data = np.log1p(scaled.data)
     return scaled
+
+
+def _transformed(
+    counts: sp.csr_matrix, how: str, library: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """Sparse counts after :func:`~scfound.models.stai._module.transform` (``how``)."""
+    if how == "cp10k_log1p":
+        return _log_normalize(counts, library)
+    out = sp.csr_matrix(counts, dtype=np.float32, copy=True)
+    if how == "log1p":
+        out.data = np.log1p(out.data)
+    return out
 
 
 def _mean_std(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
@@ -127,6 +143,13 @@ class STAI(BaseModelClass):
         Dropout of the encoders (stAI: 0).
     spatial_transform
         ``"scale"``: z-score the spatial values as they are (stAI); ``"log1p"``: ``log1p`` first.
+    reference_transform
+        ``"cp10k_log1p"``: z-score the ``log1p`` of the reference counts normalised to 1e4 per
+        cell (stAI); ``"scale"`` or ``"log1p"``: as ``spatial_transform``, without the
+        normalisation. Normalising a panel of tens of genes (e.g. another spatial section as
+        the reference) makes each gene depend on the panel's other genes and drops the cell's
+        depth, which the spatial side keeps; for such a reference ``"scale"`` treats both
+        sides alike (a warning is given below :data:`PANEL_GENES` reference genes).
     weights
         Loss weights; keys of :data:`IMPUTATION_WEIGHTS` (its values are the defaults).
     class_weight_power
@@ -167,6 +190,7 @@ class STAI(BaseModelClass):
         n_neighbors: int = 10,
         dropout: float = 0.0,
         spatial_transform: Literal["scale", "log1p"] = "scale",
+        reference_transform: Literal["cp10k_log1p", "scale", "log1p"] = "cp10k_log1p",
         weights: dict[str, float] | None = None,
         class_weight_power: float = 0.0,
         gene_loss: Literal["cosine", "frobenius"] = "cosine",
@@ -193,6 +217,11 @@ class STAI(BaseModelClass):
             raise ValueError(
                 f"spatial_transform must be 'scale' or 'log1p', got {spatial_transform!r}."
             )
+        if reference_transform not in TRANSFORMS:
+            raise ValueError(
+                f"reference_transform must be one of {list(TRANSFORMS)}, "
+                f"got {reference_transform!r}."
+            )
         if gene_loss not in ("cosine", "frobenius"):
             raise ValueError(f"gene_loss must be 'cosine' or 'frobenius', got {gene_loss!r}.")
         self.shared_genes = [
@@ -207,15 +236,21 @@ class STAI(BaseModelClass):
             raise ValueError(f"n_folds must be at least 2, got {n_folds}.")
         n_folds = min(n_folds, len(self.shared_genes))
         self._load_data(n_neighbors)
+        if reference_transform == "cp10k_log1p" and self.reference.n_vars < PANEL_GENES:
+            warnings.warn(
+                f"the reference measures only {self.reference.n_vars} genes; normalising each "
+                "cell to 1e4 over so few genes makes every gene depend on the others. For a "
+                "targeted-panel reference (e.g. another spatial section) "
+                "reference_transform='scale' is usually better.",
+                UserWarning,
+                stacklevel=2,
+            )
         folds = [
             calib.tolist()
             for _, calib in KFold(n_folds, shuffle=True, random_state=fold_seed).split(
                 np.arange(len(self.shared_genes))
             )
         ]
-        xs = (
-            np.log1p(self._spatial_counts) if spatial_transform == "log1p" else self._spatial_counts
-        )
         class_weights = None
         if self.labels is not None and class_weight_power:
             counts = np.bincount(self._labels, minlength=len(self.labels)).astype(np.float64)
@@ -224,8 +259,10 @@ class STAI(BaseModelClass):
         self.module = self._module_cls(
             n_genes=len(self.shared_genes),
             folds=folds,
-            spatial_stats=_mean_std(sp.csr_matrix(xs)),
-            reference_stats=_mean_std(_log_normalize(self._reference_counts, self._library)),
+            spatial_stats=_mean_std(_transformed(self._spatial_counts, spatial_transform)),
+            reference_stats=_mean_std(
+                _transformed(self._reference_counts, reference_transform, self._library)
+            ),
             n_labels=0 if self.labels is None else len(self.labels),
             class_weights=class_weights,
             n_hidden=n_hidden,
@@ -233,6 +270,7 @@ class STAI(BaseModelClass):
             dropout=dropout,
             topk=topk,
             spatial_transform=spatial_transform,
+            reference_transform=reference_transform,
             weights=IMPUTATION_WEIGHTS | dict(weights or {}),
             gene_loss=gene_loss,
             mmd_cells=mmd_cells,
@@ -248,6 +286,7 @@ class STAI(BaseModelClass):
                 "n_neighbors": n_neighbors,
                 "dropout": dropout,
                 "spatial_transform": spatial_transform,
+                "reference_transform": reference_transform,
                 "weights": weights,
                 "class_weight_power": class_weight_power,
                 "gene_loss": gene_loss,

@@ -23,6 +23,17 @@ TARGET_SUM = 1e4
 #: z-scores are clipped to +-this (scanpy's ``scale(max_value=10)``)
 MAX_Z = 10.0
 LOSS_TERMS = ("reconstruction", "mmd", "consistency", "imputation", "classification", "gene")
+#: values z-scored per gene: counts as they are, their ``log1p``, or ``log1p`` of counts per 1e4
+TRANSFORMS = ("scale", "log1p", "cp10k_log1p")
+
+
+def transform(counts: torch.Tensor, how: str, library: torch.Tensor | None = None) -> torch.Tensor:
+    """``counts`` (``"scale"``), ``log1p(counts)`` or ``log1p(counts / library * 1e4)``."""
+    if how == "log1p":
+        return torch.log1p(counts)
+    if how == "cp10k_log1p":
+        return torch.log1p(counts / library.clamp_min(1.0) * TARGET_SUM)
+    return counts
 
 
 def mlp(n_in: int, n_hidden: int, n_out: int, dropout: float = 0.0) -> nn.Sequential:
@@ -104,6 +115,9 @@ class STAIModule(BaseModuleClass):
     spatial_transform
         ``"scale"`` z-scores the spatial counts as they are (stAI); ``"log1p"`` takes ``log1p``
         first.
+    reference_transform
+        ``"cp10k_log1p"`` z-scores the ``log1p`` of the reference counts normalised to 1e4 per
+        cell (stAI); ``"scale"`` and ``"log1p"`` as ``spatial_transform``.
     weights
         Weight of each loss term in :data:`LOSS_TERMS`.
     gene_loss
@@ -128,6 +142,7 @@ class STAIModule(BaseModuleClass):
         dropout: float = 0.0,
         topk: int | None = 50,
         spatial_transform: Literal["scale", "log1p"] = "scale",
+        reference_transform: Literal["cp10k_log1p", "scale", "log1p"] = "cp10k_log1p",
         weights: dict[str, float] | None = None,
         gene_loss: Literal["cosine", "frobenius"] = "cosine",
         mmd_cells: int | None = 512,
@@ -136,6 +151,7 @@ class STAIModule(BaseModuleClass):
         self.mmd_cells = mmd_cells
         self.n_genes, self.n_labels, self.topk = n_genes, n_labels, topk
         self.spatial_transform, self.gene_loss = spatial_transform, gene_loss
+        self.reference_transform = reference_transform
         self.weights = {term: 0.0 for term in LOSS_TERMS} | dict(weights or {})
         for name, (mean, std) in [("spatial", spatial_stats), ("reference", reference_stats)]:
             self.register_buffer(f"{name}_mean", torch.as_tensor(mean, dtype=torch.float32))
@@ -160,12 +176,12 @@ class STAIModule(BaseModuleClass):
     # ---------------------------------------------------------------- inputs
     def scale_spatial(self, counts: torch.Tensor) -> torch.Tensor:
         """Per-gene z-scores (clipped at +-10) of spatial counts (``log1p`` first if set)."""
-        x = torch.log1p(counts) if self.spatial_transform == "log1p" else counts
+        x = transform(counts, self.spatial_transform)
         return ((x - self.spatial_mean) / self.spatial_std).clamp(-MAX_Z, MAX_Z)
 
     def scale_reference(self, counts: torch.Tensor, library: torch.Tensor) -> torch.Tensor:
-        """Per-gene z-scores of ``log1p`` reference counts normalised to 1e4 per cell."""
-        x = torch.log1p(counts / library.clamp_min(1.0) * TARGET_SUM)
+        """Per-gene z-scores (clipped at +-10) of the transformed reference counts."""
+        x = transform(counts, self.reference_transform, library)
         return ((x - self.reference_mean) / self.reference_std).clamp(-MAX_Z, MAX_Z)
 
     def encode(
