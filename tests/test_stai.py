@@ -252,8 +252,16 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
 
 
 @pytest.mark.slow
-def test_osmfish_half_as_reference_recovers_a_held_out_gene():
-    """Real data: half of osmFISH as a reference without coordinates, Sox10 held out."""
+@pytest.mark.parametrize(
+    ("reference_transform", "scale", "min_pcc"),
+    [("cp10k_log1p", "log1p", 0.45), ("scale", "counts", 0.55)],
+)
+def test_osmfish_half_as_reference_recovers_a_held_out_gene(reference_transform, scale, min_pcc):
+    """Real data: half of osmFISH as a reference without coordinates, Sox10 held out.
+
+    With stAI's defaults (and the warning that a 33-gene reference is library-normalised), and
+    with the settings for a panel reference (measured 0.59 and 0.65 at 20 epochs).
+    """
     osm = sf.datasets.osmfish()
     rng = np.random.default_rng(0)
     is_ref = rng.random(osm.n_obs) < 0.5
@@ -264,14 +272,19 @@ def test_osmfish_half_as_reference_recovers_a_held_out_gene():
     )
     keep = [g for g in osm.var_names if g != "Sox10"]
     spatial = osm[~is_ref, keep].copy()
-    sf.tl.impute(
-        spatial,
-        method="stai",
-        reference=reference,
-        genes=["Sox10"],
-        layer="counts",
-        max_epochs=20,
-        model_kwargs={"n_folds": 3},
-    )
+    kwargs = {
+        "method": "stai",
+        "reference": reference,
+        "genes": ["Sox10"],
+        "layer": "counts",
+        "scale": scale,
+        "max_epochs": 20,
+        "model_kwargs": {"n_folds": 3, "reference_transform": reference_transform},
+    }
+    if reference_transform == "cp10k_log1p":
+        with pytest.warns(UserWarning, match="measures only 33 genes"):
+            sf.tl.impute(spatial, **kwargs)
+    else:
+        sf.tl.impute(spatial, **kwargs)
     truth = osm[~is_ref].obs_vector("Sox10", layer="counts")
-    assert _pcc(spatial.obsm["stai_imputed"]["Sox10"].to_numpy(), truth) > 0.45
+    assert _pcc(spatial.obsm["stai_imputed"]["Sox10"].to_numpy(), truth) > min_pcc
