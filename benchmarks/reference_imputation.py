@@ -628,8 +628,14 @@ def score_imputation(setting: Setting, pred: np.ndarray, record: dict) -> pd.Dat
     return scores
 
 
-def imputation_summary(per_gene: dict[str, pd.DataFrame], records: dict[str, dict]) -> pd.DataFrame:
-    """Median and mean over genes of each metric, time and memory, one row per method."""
+def imputation_summary(
+    per_gene: dict[str, pd.DataFrame], records: dict[str, dict] | None = None
+) -> pd.DataFrame:
+    """Median and mean over genes of each metric, time and memory, one row per method.
+
+    Without ``records`` (the child processes' resources), the time is the median of the
+    per-gene ``seconds`` column and memory is left out.
+    """
     rows = []
     for method, df in per_gene.items():
         row: dict[str, Any] = {"method": NAMES[method], "genes": int(df["pcc"].notna().sum())}
@@ -637,11 +643,14 @@ def imputation_summary(per_gene: dict[str, pd.DataFrame], records: dict[str, dic
             if metric in df:
                 row[f"median {metric.upper()}"] = df[metric].median()
                 row[f"mean {metric.upper()}"] = df[metric].mean()
-        rec = records[method]
-        row["s/gene (median)"] = float(np.median(rec["seconds_per_gene"]))
-        row["s total"] = rec["process_seconds"]
-        row["peak RSS GB"] = rec["peak_rss_gb"]
-        row["RSS after load GB"] = rec["rss_after_load_gb"]
+        if records is None:
+            row["s/gene (median)"] = float(df["seconds"].median())
+        else:
+            rec = records[method]
+            row["s/gene (median)"] = float(np.median(rec["seconds_per_gene"]))
+            row["s total"] = rec["process_seconds"]
+            row["peak RSS GB"] = rec["peak_rss_gb"]
+            row["RSS after load GB"] = rec["rss_after_load_gb"]
         rows.append(row)
     return pd.DataFrame(rows)
 
