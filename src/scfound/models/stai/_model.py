@@ -124,6 +124,11 @@ class STAI(BaseModelClass):
     * imputation and annotation are methods of one trained model, and nothing is read from or
       written to a working directory.
 
+    Options beyond the paper, off by default: ``reference_transform`` for a reference that is
+    itself a gene panel (theirs always library-normalises the reference), ``scale="counts"``
+    in :meth:`get_imputed_expression`, and a temperature picked by
+    :meth:`calibrate_imputation`.
+
     Parameters
     ----------
     adata_spatial
