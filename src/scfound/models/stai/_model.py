@@ -81,9 +81,10 @@ def _transformed(
     """Sparse counts after :func:`~scfound.models.stai._module.transform` (``how``)."""
     if how == "cp10k_log1p":
         return _log_normalize(counts, library)
+    if how == "scale":
+        return counts
     out = sp.csr_matrix(counts, dtype=np.float32, copy=True)
-    if how == "log1p":
-        out.data = np.log1p(out.data)
+    out.data = np.log1p(out.data)
     return out
 
 
