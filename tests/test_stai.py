@@ -8,7 +8,13 @@ import torch
 
 import scfound as sf
 from scfound.data._paired_loader import block_edges, knn_adjacency, spatial_blocks
-from scfound.nn._alignment import MMD_MULTIPLIERS, knn_softmax, mmd_rbf
+from scfound.nn._alignment import (
+    MMD_MULTIPLIERS,
+    column_pearson,
+    cross_correlation,
+    knn_softmax,
+    mmd_rbf,
+)
 
 FAST = {"n_folds": 3, "mmd_cells": 128}
 
@@ -41,6 +47,17 @@ def test_mmd_matches_direct_formula():
     expected = k[:40, :40].mean() - 2 * k[:40, 40:].mean() + k[40:, 40:].mean()
     assert torch.allclose(mmd_rbf(x, y), expected, atol=1e-5)
     assert mmd_rbf(x, x + 0.0) < 1e-5 < mmd_rbf(x, y)
+
+
+def test_pearson_gradient_is_finite_at_a_constant_column():
+    """A constant prediction (e.g. all neighbours without counts) must not poison training."""
+    a = torch.ones(6, 2).requires_grad_()
+    b = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    (column_pearson(a, b).sum() + cross_correlation(b, a).sum()).backward()
+    assert torch.isfinite(a.grad).all()
+    x, y = torch.randn(50, 3, generator=torch.Generator().manual_seed(1)), torch.randn(50, 3)
+    expected = [np.corrcoef(x[:, j], y[:, j])[0, 1] for j in range(3)]
+    np.testing.assert_allclose(column_pearson(x, y).numpy(), expected, rtol=1e-4)
 
 
 def test_knn_softmax_weights_nearest_rows():
@@ -121,6 +138,15 @@ def test_stai_imputes_unmeasured_genes_and_annotates(pair):
     assert accuracy.mean() > 0.8
     probs = model.predict(soft=True)
     assert np.allclose(probs.sum(1), 1.0, atol=1e-5)
+    # neighbours: the imputation weights applied to one-hot reference labels
+    votes = model.predict(soft=True, method="neighbors", temperature=1.0)
+    onehot = pd.get_dummies(reference.obs["cell_type"].astype(str))[list(votes.columns)]
+    expected = weights @ onehot.to_numpy(dtype=np.float64)
+    np.testing.assert_allclose(votes.to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    by_vote = model.predict(method="neighbors").astype(str).to_numpy()
+    assert (by_vote == spatial.obs["cell_type"].astype(str).to_numpy()).mean() > 0.8
+    with pytest.raises(ValueError, match="method must be"):
+        model.predict(method="knn")
     z_sp = model.get_latent_representation("spatial", fold=1)
     z_ref = model.get_latent_representation("reference", fold=1)
     assert z_sp.shape == (spatial.n_obs, 16) and z_ref.shape == (reference.n_obs, 16)
@@ -243,6 +269,21 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
     )
     assert spatial.obs["stai_prediction"].notna().all()
     assert spatial.obsm["stai_probabilities"].shape == (spatial.n_obs, 4)
+    sf.tl.annotate(
+        spatial,
+        "cell_type",
+        reference=reference,
+        method="stai",
+        layer="counts",
+        reference_layer="counts",
+        key_added="vote",
+        max_epochs=2,
+        model_kwargs=FAST,
+        predict_kwargs={"method": "neighbors"},
+    )
+    votes = spatial.obsm["vote_probabilities"]
+    assert not np.allclose(votes.to_numpy(), spatial.obsm["stai_probabilities"].to_numpy())
+    assert spatial.uns["scfound"]["annotate"]["predict_kwargs"] == {"method": "neighbors"}
     with pytest.raises(ValueError, match="not in the reference"):
         sf.tl.impute(spatial, method="stai", reference=reference, layer="counts", genes=["nope"])
     with pytest.raises(KeyError, match="labels column 'missing'"):

@@ -46,8 +46,13 @@ def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _standardize(a: torch.Tensor, eps: float) -> torch.Tensor:
+    """Columns centred and divided by ``sqrt(var + eps**2)``.
+
+    ``eps`` goes under the root: ``sqrt(var) + eps`` has an infinite gradient at a constant
+    column (``var = 0``), and ``0 * inf`` turned a whole network's gradients into NaN.
+    """
     centred = a - a.mean(0, keepdim=True)
-    return centred / (centred.pow(2).mean(0, keepdim=True).sqrt() + eps)
+    return centred / (centred.pow(2).mean(0, keepdim=True) + eps * eps).sqrt()
 
 
 def column_pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
