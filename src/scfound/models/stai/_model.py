@@ -474,7 +474,7 @@ class STAI(BaseModelClass):
         if not torch.isfinite(z_sp).all():
             raise FloatingPointError(
                 f"submodel {m} gives non-finite latents: its training diverged. Train again "
-                "with a lower learning rate (train_kwargs={'plan_kwargs': {'lr': ...}})."
+                "with a lower learning rate (model.train(lr=...); in tl: train_kwargs={'lr': ...})."
             )
         if not reference:
             return z_sp, None
