@@ -220,7 +220,6 @@ def annotate(
     max_epochs: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
-    predict_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
     copy: bool = False,
 ) -> AnnData | None:
@@ -237,8 +236,7 @@ def annotate(
     ``reference`` (default loss weights; the authors' annotation weights are
     ``model_kwargs={"weights": scfound.models.stai.ANNOTATION_WEIGHTS, "class_weight_power": 2}``)
     and predicts every spatial cell with the classifier on its latent vector, averaged over the
-    gene-fold submodels; ``predict_kwargs={"method": "neighbors"}`` takes the labels of its
-    nearest reference cells in latent space instead (:meth:`scfound.STAI.predict`).
+    gene-fold submodels.
 
     Parameters
     ----------
@@ -267,9 +265,6 @@ def annotate(
     max_epochs, model_kwargs, train_kwargs, seed
         Training settings (``max_epochs=None``: 50 for CellPLM, :meth:`scfound.STAI.train`'s
         default for stAI).
-    predict_kwargs
-        Keyword arguments of the model's ``predict`` (:meth:`scfound.STAI.predict`,
-        :meth:`scfound.CellPLM.predict`), e.g. ``{"method": "neighbors"}`` for stAI.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -310,7 +305,7 @@ def annotate(
             train_kwargs=train_kwargs,
             seed=seed,
         )
-        probs = fitted.predict(soft=True, **(predict_kwargs or {}))
+        probs = fitted.predict(soft=True)
     elif reference is not None:
         ref_labels = get_obs_column(reference, labels_key).astype(str)
         data = _reference_corpus(
@@ -359,7 +354,7 @@ def annotate(
             fine_tune=True,
             head_only=fine_tune == "head",
         )
-        probs = fitted.predict(data, soft=True, **(predict_kwargs or {})).iloc[rows]
+        probs = fitted.predict(data, soft=True).iloc[rows]
         probs.index = adata.obs_names
     adata.obs[f"{key_added}_prediction"] = pd.Categorical(probs.idxmax(axis=1).to_numpy())
     adata.obsm[f"{key_added}_probabilities"] = probs
@@ -373,7 +368,6 @@ def annotate(
             "key_added": key_added,
             "fine_tune": fine_tune if method == "cellplm" else None,
             "max_epochs": max_epochs,
-            "predict_kwargs": predict_kwargs,
             "model": fitted._model_summary_string,
             **training_summary(fitted),
         },

@@ -659,54 +659,27 @@ class STAI(BaseModelClass):
             shape=(z_sp.shape[0], n_ref),
         )
 
-    def predict(
-        self,
-        soft: bool = False,
-        method: Literal["classifier", "neighbors"] = "classifier",
-        temperature: float | None = None,
-    ) -> pd.Series | pd.DataFrame:
+    def predict(self, soft: bool = False) -> pd.Series | pd.DataFrame:
         """Cell types of the spatial cells: the argmax of the submodels' mean probabilities.
 
         Parameters
         ----------
         soft
             Return the class probabilities (spatial cells x reference labels) instead.
-        method
-            ``"classifier"`` (stAI): the classifier trained on the reference labels, applied to
-            the spatial latents. ``"neighbors"``: the labels of the nearest reference cells in
-            latent space, with the imputation's softmax weights (``topk`` cells), i.e. the
-            imputation applied to one-hot labels. The classifier follows the reference's class
-            balance; the neighbour vote follows the local structure of the latent space.
-        temperature
-            ``"neighbors"`` only: softmax temperature (default :attr:`imputation_temperature_`).
 
         """
         self._check_if_trained(warn=False)
-        if method not in ("classifier", "neighbors"):
-            raise ValueError(f"method must be 'classifier' or 'neighbors', got {method!r}.")
         if self.labels is None:
             raise ValueError(
                 "the reference was set up without labels: call "
                 "STAI.setup_anndata(adata_reference, labels_key=...) and train again."
             )
         probs = 0.0
-        if method == "neighbors":
-            temperature = self._temperature(temperature)
-            onehot = sp.csr_matrix(
-                (
-                    np.ones(len(self._labels)),
-                    (np.arange(len(self._labels)), self._labels.astype(np.int64)),
-                ),
-                shape=(len(self._labels), len(self.labels)),
-            )
-            for m in range(self.n_folds):
-                probs = probs + (self._neighbour_weights(m, temperature) @ onehot).toarray()
-        else:
-            for m in range(self.n_folds):
-                z_sp, _ = self._latents(m, reference=False)
-                with torch.inference_mode():
-                    logits = self.module.submodels[m].classifier(z_sp)
-                probs = probs + torch.softmax(logits, -1).cpu().numpy()
+        for m in range(self.n_folds):
+            z_sp, _ = self._latents(m, reference=False)
+            with torch.inference_mode():
+                logits = self.module.submodels[m].classifier(z_sp)
+            probs = probs + torch.softmax(logits, -1).cpu().numpy()
         probs = pd.DataFrame(
             probs / self.n_folds, index=self.adata.obs_names.copy(), columns=self.labels
         )
