@@ -157,7 +157,9 @@ class STAI(BaseModelClass):
         depth, which the spatial side keeps; for such a reference ``"scale"`` treats both
         sides alike (a warning is given below :data:`PANEL_GENES` reference genes).
     weights
-        Loss weights; keys of :data:`IMPUTATION_WEIGHTS` (its values are the defaults).
+        Loss weights; keys of :data:`IMPUTATION_WEIGHTS` (its values are the defaults). The MMD
+        matches the two datasets' latent distributions, so it assumes the same mix of cell
+        types; for a reference whose mix differs, ``{"mmd": 0.0}`` keeps types apart.
     class_weight_power
         Cross-entropy weight ``n_c ** -p`` of a class with ``n_c`` reference cells (stAI
         annotation: 2; 0 = unweighted).
