@@ -97,6 +97,16 @@ def _mean_std(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def _finite(z: torch.Tensor, m: int) -> torch.Tensor:
+    """``z``, the latents of submodel ``m``; a clear error if its training diverged."""
+    if not torch.isfinite(z).all():
+        raise FloatingPointError(
+            f"submodel {m} gives non-finite latents: its training diverged. Train again "
+            "with a lower learning rate (model.train(lr=...); in tl: train_kwargs={'lr': ...})."
+        )
+    return z
+
+
 class STAI(BaseModelClass):
     """stAI: a spatial and a scRNA-seq reference dataset in one latent space.
 
@@ -473,13 +483,8 @@ class STAI(BaseModelClass):
             parts.append(z)
             order.append(cells)
         z_sp = torch.cat(parts)[torch.from_numpy(np.argsort(np.concatenate(order))).to(device)]
-        if not torch.isfinite(z_sp).all():
-            raise FloatingPointError(
-                f"submodel {m} gives non-finite latents: its training diverged. Train again "
-                "with a lower learning rate (model.train(lr=...); in tl: train_kwargs={'lr': ...})."
-            )
         if not reference:
-            return z_sp, None
+            return _finite(z_sp, m), None
         chunks = []
         for start in range(0, self.reference.n_obs, 16_384):
             rows = slice(start, start + 16_384)
@@ -487,7 +492,7 @@ class STAI(BaseModelClass):
             lib = torch.from_numpy(self._library[rows, None]).to(device)
             _, z = module.encode(m, None, None, module.scale_reference(x, lib))
             chunks.append(z)
-        return z_sp, torch.cat(chunks)
+        return _finite(z_sp, m), _finite(torch.cat(chunks), m)
 
     @property
     def n_folds(self) -> int:
