@@ -489,6 +489,26 @@ def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
     assert list(query.obsm["cellplm_probabilities"].index) == list(query.obs_names)
 
 
+def test_tl_annotate_adapts_then_fine_tunes_a_pretrained_model():
+    adata, types, test, base = _self_supervised_typed_cells()
+    before = {k: v.clone() for k, v in base.module.state_dict().items()}
+    sf.tl.annotate(adata, "ct", model=base, sample_key="sample", adapt_epochs=5, max_epochs=10)
+    pred = adata.obs["cellplm_prediction"].astype(str).to_numpy()
+    assert (pred[test] == types[test]).mean() > 0.9
+    info = adata.uns["scfound"]["annotate"]
+    assert (info["adapt_epochs"], info["max_epochs"]) == (5, 10)
+    # the user's pre-trained model is not trained in place
+    assert all(torch.equal(base.module.state_dict()[k], v) for k, v in before.items())
+    lpft = adata.obsm["cellplm_probabilities"].to_numpy()
+    # the same adaptation and probe without the fine-tuning: fine-tuning must change the model
+    sf.tl.annotate(adata, "ct", model=base, sample_key="sample", fine_tune="head", adapt_epochs=5)
+    assert not np.allclose(adata.obsm["cellplm_probabilities"].to_numpy(), lpft, atol=1e-3)
+    sf.tl.annotate(adata, "ct", model=base, sample_key="sample", fine_tune="head")
+    assert adata.uns["scfound"]["annotate"]["adapt_epochs"] == 0
+    with pytest.raises(ValueError, match="adapt_epochs"):
+        sf.tl.annotate(adata, "ct", model=base, sample_key="sample", adapt_epochs=-1)
+
+
 def test_annotation_head_alone_leaves_the_model_frozen():
     adata, types, test, base = _self_supervised_typed_cells()
     with pytest.raises(ValueError, match="no annotation head"):

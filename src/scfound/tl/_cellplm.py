@@ -24,6 +24,15 @@ SMALL_CELLPLM = {
     "n_decoder_hidden": 256,
 }
 
+#: epochs of self-supervised adaptation of a pre-trained model before it is fine-tuned to annotate
+ADAPT_EPOCHS = 60
+
+#: step size of the self-supervised adaptation of a pre-trained model before annotation
+ADAPT_LR = 1e-3
+
+#: step size of fine-tuning a pre-trained model (after its head was fitted) for annotation
+FINE_TUNE_LR = 3e-4
+
 
 def cellplm_input(
     adata: AnnData,
@@ -74,6 +83,7 @@ def cellplm_for(
     seed: int = 0,
     fine_tune: bool = False,
     head_only: bool = False,
+    adapt_epochs: int = 0,
 ) -> CellPLM:
     """A CellPLM for ``small``.
 
@@ -83,34 +93,57 @@ def cellplm_for(
     ``fine_tune`` trains a given model further on ``small`` for ``max_epochs``. ``head_only``
     (annotation) leaves the given or self-supervised model as it is and fits only its annotation
     head on the frozen embeddings (:meth:`CellPLM.train_annotation_head`).
+
+    For annotation with a given model, ``adapt_epochs`` of self-supervised training on all cells
+    of ``small`` (labelled or not, at :data:`ADAPT_LR`) come first; fine-tuning then starts from
+    the fitted head (a linear probe, then the whole model at :data:`FINE_TUNE_LR`: "LP-FT",
+    Kumar et al., ICLR 2022) instead of a random one.
     """
     model_kwargs = dict(model_kwargs or {})
     train_kwargs = {"seed": seed, **(train_kwargs or {})}
+    labelled = small.obs.get("labels") is not None
+    if labelled and model is not None and adapt_epochs > 0:
+        adapted = _carry_over(
+            model, small, gene_key, {**model_kwargs, "classification_weight": 0.0}
+        )
+        adapted.train(max_epochs=adapt_epochs, lr=ADAPT_LR, seed=seed)
+        model = adapted
     if head_only:  # self-supervised objective only; the head is fitted afterwards
         model_kwargs.setdefault("classification_weight", 0.0)
-    elif small.obs.get("labels") is not None:
+    elif labelled:
         # annotation replaces the decoder's objective by the classifier's (as the released
         # pipeline) and drops the latent KL (the released pipeline swaps the Gaussian mixture for
-        # a plain projection); it takes a larger step than pre-training
+        # a plain projection); from scratch it takes a larger step than pre-training
         model_kwargs.setdefault("reconstruction_weight", 0.0)
-        train_kwargs.setdefault("lr", 5e-3)
+        # explicit, as a model carried over keeps its weights (the adapted one had no classifier)
+        model_kwargs.setdefault("classification_weight", 1.0)
+        train_kwargs.setdefault("lr", 5e-3 if model is None else FINE_TUNE_LR)
         train_kwargs.setdefault("plan_kwargs", {"max_kl_weight": 0.0})
     if model is None:
         torch.manual_seed(seed)  # the initial weights, so that `seed` makes the result reproducible
         new = CellPLM(small, gene_key=gene_key, **{**SMALL_CELLPLM, **model_kwargs})
         new.train(max_epochs=max_epochs, **train_kwargs)
-    elif isinstance(model, str):
-        new = CellPLM.load_pretrained(model, small, gene_key=gene_key, **model_kwargs)
-    elif isinstance(model, CellPLM):
-        new = CellPLM.from_model(
-            model, small, gene_key=gene_key, drop_unknown_genes=True, **model_kwargs
-        )
     else:
-        raise TypeError(
-            f"model must be a CellPLM, a checkpoint prefix or None, not {type(model).__name__}."
-        )
+        new = _carry_over(model, small, gene_key, model_kwargs)
     if head_only:
         new.train_annotation_head(seed=seed)
     elif fine_tune and model is not None:
+        if labelled:  # LP-FT: a fitted head does not distort the pre-trained features
+            new.train_annotation_head(seed=seed)
         new.train(max_epochs=max_epochs, **train_kwargs)
     return new
+
+
+def _carry_over(
+    model: CellPLM | str, small: AnnData, gene_key: str | None, model_kwargs: dict[str, Any]
+) -> CellPLM:
+    """``model`` (a CellPLM or the prefix of an authors' checkpoint) for ``small``'s cells."""
+    if isinstance(model, str):
+        return CellPLM.load_pretrained(model, small, gene_key=gene_key, **model_kwargs)
+    if isinstance(model, CellPLM):
+        return CellPLM.from_model(
+            model, small, gene_key=gene_key, drop_unknown_genes=True, **model_kwargs
+        )
+    raise TypeError(
+        f"model must be a CellPLM, a checkpoint prefix or None, not {type(model).__name__}."
+    )

@@ -12,7 +12,7 @@ from scfound._utils import get_obs_column, record
 from scfound.models import CellPLM
 from scfound.pp._corpus import CORPUS_DATASET_KEY, CORPUS_SAMPLE_KEY, build_corpus
 
-from ._cellplm import cellplm_for, cellplm_input
+from ._cellplm import ADAPT_EPOCHS, cellplm_for, cellplm_input
 from ._utils import training_summary
 
 UNKNOWN = "unknown"
@@ -218,6 +218,7 @@ def annotate(
     key_added: str | None = None,
     fine_tune: Literal["model", "head"] = "model",
     max_epochs: int | None = None,
+    adapt_epochs: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
@@ -259,12 +260,21 @@ def annotate(
     key_added
         Prefix of the outputs; default ``"cellplm"``.
     fine_tune
-        CellPLM only: ``"model"`` trains the whole model on the classification loss;
+        CellPLM only: ``"model"`` trains the whole model on the classification loss (a given
+        ``model`` starts from a fitted head, at a learning rate of 3e-4; from scratch at 5e-3);
         ``"head"`` keeps ``model`` (or, with ``model=None``, a model first trained
         self-supervised on the data for ``max_epochs``) frozen and fits the head alone.
-    max_epochs, model_kwargs, train_kwargs, seed
-        Training settings (``max_epochs=None``: 50 for CellPLM, :meth:`scfound.STAI.train`'s
-        default for stAI).
+    max_epochs
+        Training epochs (``None``: for CellPLM 20 of fine-tuning a given ``model``, 50 from
+        scratch; :meth:`scfound.STAI.train`'s default for stAI).
+    adapt_epochs
+        CellPLM with a given ``model`` only: epochs of self-supervised training on all cells
+        (``adata``'s and ``reference``'s, labelled or not) before the head is fitted, which
+        adapts the pre-trained model to these samples (as scANVI learns from the unlabelled
+        cells). ``None``: 60 with ``fine_tune="model"``, 0 with ``fine_tune="head"`` (the probe
+        of the frozen pre-trained embeddings, in seconds).
+    model_kwargs, train_kwargs, seed
+        Training settings.
     copy
         Return a modified copy instead of writing into ``adata``.
 
@@ -279,6 +289,8 @@ def annotate(
         raise ValueError(f"method={method!r} is not one of ('cellplm', 'stai').")
     if fine_tune not in ("model", "head"):
         raise ValueError(f"fine_tune={fine_tune!r} is not one of ('model', 'head').")
+    if adapt_epochs is not None and adapt_epochs < 0:
+        raise ValueError(f"adapt_epochs must be >= 0, got {adapt_epochs}.")
     if method == "stai" and reference is None:
         raise ValueError("method='stai' transfers labels from a `reference`; pass reference=.")
     if reference is not None and labels_key not in reference.obs:
@@ -342,17 +354,21 @@ def annotate(
         rows = np.arange(adata.n_obs)
         gene_key_model = gene_key
     if method == "cellplm":
-        epochs = 50 if max_epochs is None else max_epochs
-        fitted = _fit(
+        if adapt_epochs is None:
+            adapt_epochs = ADAPT_EPOCHS if fine_tune == "model" else 0
+        if max_epochs is None:
+            max_epochs = 50 if model is None else 20
+        fitted = cellplm_for(
             data,
             model,
-            gene_key_model,
-            epochs,
-            model_kwargs,
-            train_kwargs,
-            seed,
+            gene_key=gene_key_model,
+            max_epochs=max_epochs,
+            model_kwargs=model_kwargs,
+            train_kwargs=train_kwargs,
+            seed=seed,
             fine_tune=True,
             head_only=fine_tune == "head",
+            adapt_epochs=adapt_epochs,
         )
         probs = fitted.predict(data, soft=True).iloc[rows]
         probs.index = adata.obs_names
@@ -368,6 +384,7 @@ def annotate(
             "key_added": key_added,
             "fine_tune": fine_tune if method == "cellplm" else None,
             "max_epochs": max_epochs,
+            "adapt_epochs": adapt_epochs if method == "cellplm" else None,
             "model": fitted._model_summary_string,
             **training_summary(fitted),
         },
