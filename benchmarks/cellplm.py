@@ -47,7 +47,7 @@ import torch
 import scfound as sf
 from scfound.metrics import clustering_scores, imputation_scores, normalize_log1p
 from scfound.models.cellplm._model import KL_WEIGHT
-from scfound.tl._cellplm import ADAPT_EPOCHS
+from scfound.tl._cellplm import ADAPT_EPOCHS, FINE_TUNE_LR
 
 DATA = "../shared/data"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -466,7 +466,7 @@ def annotation_task(pre: sf.CellPLM, mop: ad.AnnData, is_held: np.ndarray, args)
         rows.append(ann_row(name, pred, time.perf_counter() - start))
     # the paper's fine-tuning: a new head, the whole model at a large step
     for name, base in [("CellPLM fine-tuned", pre), ("CellPLM from scratch", None)]:
-        # as scfound.tl.annotate: classifier loss only, no latent KL
+        # classifier loss only, no latent KL (as scfound.tl.annotate's fine-tuning)
         model = cellplm_for(base, ann, reconstruction_weight=0.0)
         plan = {"max_kl_weight": 0.0}
         _, t = timed(model.train, max_epochs=ft, lr=args.annotation_lr, plan_kwargs=plan, seed=seed)
@@ -625,7 +625,7 @@ def write_report(out: dict, args: argparse.Namespace, path: str) -> None:
                 "alone on frozen embeddings, from scratch after as many self-supervised epochs; "
                 "'adapted' first trains the pre-trained model self-supervised on all MoP cells, "
                 "the unseen samples unlabelled; LP-FT fits the head, then fine-tunes the whole "
-                "model at learning rate 3e-4; 'fine-tuned' starts from a new head at "
+                f"model at learning rate {FINE_TUNE_LR:g}; 'fine-tuned' starts from a new head at "
                 f"{args.annotation_lr:g})",
             ),
             (
