@@ -497,6 +497,8 @@ def test_tl_annotate_adapts_then_fine_tunes_a_pretrained_model():
     assert (pred[test] == types[test]).mean() > 0.9
     info = adata.uns["scfound"]["annotate"]
     assert (info["adapt_epochs"], info["max_epochs"]) == (5, 10)
+    # the fine-tuning after the probe keeps a history (scvi-tools keeps none after a probe)
+    assert info["epochs"] == 10 and np.isfinite(info["final_train_loss"])
     # the user's pre-trained model is not trained in place
     assert all(torch.equal(base.module.state_dict()[k], v) for k, v in before.items())
     lpft = adata.obsm["cellplm_probabilities"].to_numpy()

@@ -527,6 +527,10 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
                 # a step may leave parameters unused (the no-position token in a spatial sample,
                 # the annotation head on unlabelled cells), which plain DDP rejects
                 strategy = "ddp_find_unused_parameters_true"
+        if self.history_ is None:
+            # trained without a recorded history (a linear probe only): scvi-tools would keep
+            # no history of this run and warn, so it is recorded as the first one
+            self.is_trained_ = False
         self.module.train()
         runner = self._train_runner_cls(
             self,
