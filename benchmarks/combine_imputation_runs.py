@@ -93,10 +93,15 @@ def main(argv: list[str] | None = None) -> None:
         "",
         ri.fmt_table(ri.imputation_summary(per_gene)),
         "",
-        "One-sided Mann-Whitney U tests over genes, stAI against each baseline:",
-        "",
-        ri.fmt_table(ri.stai_tests(per_gene)),
-        "",
+    ]
+    if "stai" in per_gene and len(per_gene) > 1:
+        lines += [
+            "One-sided Mann-Whitney U tests over genes, stAI against each baseline:",
+            "",
+            ri.fmt_table(ri.stai_tests(per_gene)),
+            "",
+        ]
+    lines += [
         "Per-gene PCC:",
         "",
         ri.fmt_table(pcc.reset_index().round(4)),
