@@ -33,6 +33,12 @@ ADAPT_LR = 1e-3
 #: step size of fine-tuning a pre-trained model (after its head was fitted) for annotation
 FINE_TUNE_LR = 3e-4
 
+#: epochs of fine-tuning a pre-trained model for annotation
+FINE_TUNE_EPOCHS = 20
+
+#: step size of training an annotation model from scratch (as the authors' annotation pipeline)
+SCRATCH_LR = 5e-3
+
 
 def cellplm_input(
     adata: AnnData,
@@ -117,7 +123,7 @@ def cellplm_for(
         model_kwargs.setdefault("reconstruction_weight", 0.0)
         # explicit, as a model carried over keeps its weights (the adapted one had no classifier)
         model_kwargs.setdefault("classification_weight", 1.0)
-        train_kwargs.setdefault("lr", 5e-3 if model is None else FINE_TUNE_LR)
+        train_kwargs.setdefault("lr", SCRATCH_LR if model is None else FINE_TUNE_LR)
         train_kwargs.setdefault("plan_kwargs", {"max_kl_weight": 0.0})
     if model is None:
         torch.manual_seed(seed)  # the initial weights, so that `seed` makes the result reproducible

@@ -12,7 +12,7 @@ from scfound._utils import get_obs_column, record
 from scfound.models import CellPLM
 from scfound.pp._corpus import CORPUS_DATASET_KEY, CORPUS_SAMPLE_KEY, build_corpus
 
-from ._cellplm import ADAPT_EPOCHS, cellplm_for, cellplm_input
+from ._cellplm import ADAPT_EPOCHS, FINE_TUNE_EPOCHS, cellplm_for, cellplm_input
 from ._utils import training_summary
 
 UNKNOWN = "unknown"
@@ -357,7 +357,7 @@ def annotate(
         if adapt_epochs is None:
             adapt_epochs = ADAPT_EPOCHS if fine_tune == "model" else 0
         if max_epochs is None:
-            max_epochs = 50 if model is None else 20
+            max_epochs = 50 if model is None else FINE_TUNE_EPOCHS
         fitted = cellplm_for(
             data,
             model,
