@@ -30,6 +30,8 @@ from anndata import AnnData
 from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
+import scfound as sf
+
 COUNTS = "counts"
 
 
@@ -208,6 +210,7 @@ def spage_impute(
     seed: int = 0,
     scale: str = "log1p",
     reference_transform: str = "cp10k_log1p",
+    reference_smoothing: int | None = None,
 ) -> pd.DataFrame:
     """SpaGE-like imputation: weighted mean over the 50 nearest reference cells.
 
@@ -238,6 +241,10 @@ def spage_impute(
         reference's mean CP10k total over them (``scfound.STAI``'s ``scale="counts"``).
     reference_transform
         Reference values of the joint PCA (:func:`reference_features`).
+    reference_smoothing
+        ``k``: average the reference's target values over each reference cell's ``k`` nearest
+        reference cells in its own expression space first (``scfound.pp.knn_smoothing_matrix``
+        over all reference genes, as ``scfound.STAI``'s ``reference_smoothing``).
 
     Returns
     -------
@@ -252,6 +259,8 @@ def spage_impute(
     values = log_cp10k(reference, targets)
     if scale == "counts":
         values = np.expm1(values)
+    if reference_smoothing is not None:
+        values = sf.pp.knn_smoothing_matrix(counts_of(reference), reference_smoothing) @ values
     imputed = np.einsum("nk,nkg->ng", weights, values[idx])
     if scale == "counts":
         shared = np.expm1(log_cp10k(reference, genes)).sum(axis=1).mean()

@@ -75,6 +75,12 @@ NAMES = {
     "knn": "kNN label transfer (k=15)",
     "scanvi": "scANVI",
 }
+#: extra outputs of a method run with ``--reference-smoothing``: the same fit, not smoothed
+UNSMOOTHED = {"stai": "stai_unsmoothed", "spage": "spage_unsmoothed"}
+NAMES |= {
+    "stai_unsmoothed": "stAI, reference not smoothed",
+    "spage_unsmoothed": "SpaGE-like, reference not smoothed",
+}
 
 #: osmFISH cell type -> broad class shared with MoP (None: left out of the annotation task).
 BROAD_OSMFISH: dict[str, str | None] = {
@@ -388,24 +394,43 @@ def impute_stai_calibrated(
     model.train(
         max_epochs=cfg["stai_epochs"], seed=cfg["seed"], **(cfg.get("stai_train_kwargs") or {})
     )
-    table = model.calibrate_imputation(scale=cfg["scale"])
-    cfg["_params"].setdefault("temperature", []).append(model.imputation_temperature_)
-    cfg["_params"].setdefault("calibration_pcc", []).append(table.round(4).to_dict())
-    return model.get_imputed_expression([gene], scale=cfg["scale"])[gene].to_numpy()
+
+    def calibrated(suffix: str = "") -> np.ndarray:
+        table = model.calibrate_imputation(scale=cfg["scale"])
+        params = cfg["_params"]
+        params.setdefault(f"temperature{suffix}", []).append(model.imputation_temperature_)
+        params.setdefault(f"calibration_pcc{suffix}", []).append(table.round(4).to_dict())
+        return model.get_imputed_expression([gene], scale=cfg["scale"])[gene].to_numpy()
+
+    smoothing = model.reference_smoothing
+    if smoothing is None:
+        return calibrated()
+    model.reference_smoothing = None
+    unsmoothed = calibrated("_unsmoothed")
+    model.reference_smoothing = smoothing
+    return {"stai": calibrated(), UNSMOOTHED["stai"]: unsmoothed}
 
 
-def impute_spage(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) -> np.ndarray:
-    out = baselines.spage_impute(
-        query,
-        reference,
-        [gene],
-        n_pv=cfg["spage_npv"],
-        k=cfg["spage_k"],
-        seed=cfg["seed"],
-        scale=cfg["scale"],
-        reference_transform=cfg["reference_transform"],
-    )
-    return out[gene].to_numpy()
+def impute_spage(
+    query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict
+) -> np.ndarray | dict[str, np.ndarray]:
+    def run(smoothing: int | None) -> np.ndarray:
+        out = baselines.spage_impute(
+            query,
+            reference,
+            [gene],
+            n_pv=cfg["spage_npv"],
+            k=cfg["spage_k"],
+            seed=cfg["seed"],
+            scale=cfg["scale"],
+            reference_transform=cfg["reference_transform"],
+            reference_smoothing=smoothing,
+        )
+        return out[gene].to_numpy()
+
+    if cfg["reference_smoothing"] is None:
+        return run(None)
+    return {"spage": run(cfg["reference_smoothing"]), UNSMOOTHED["spage"]: run(None)}
 
 
 def impute_gimvi(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) -> np.ndarray:
@@ -528,15 +553,20 @@ def run_worker(spec_path: str) -> None:
     if spec["task"] == "impute":
         fn = IMPUTE_RUNNERS[spec["method"]]
         genes = spec["genes"]
-        pred = np.full((query.n_obs, len(genes)), np.nan)
+        preds: dict[str, np.ndarray] = {}
         seconds = []
         for j, gene in enumerate(genes):
             held = query[:, query.var_names != gene].copy()
             t0 = time.perf_counter()
-            pred[:, j] = fn(held, reference, gene, cfg)
+            out = fn(held, reference, gene, cfg)
             seconds.append(time.perf_counter() - t0)
+            for name, values in (out if isinstance(out, dict) else {spec["method"]: out}).items():
+                preds.setdefault(name, np.full((query.n_obs, len(genes)), np.nan))[:, j] = values
             print(f"{spec['method']} {gene}: {seconds[-1]:.1f} s", flush=True)
-        np.save(spec["out"], pred)
+        np.save(spec["out"], preds.pop(spec["method"]))
+        for name, values in preds.items():  # variants of the same fit (e.g. not smoothed)
+            np.save(spec["out"].replace(f"-{spec['method']}.npy", f"-{name}.npy"), values)
+        record["variants"] = list(preds)
         record["seconds_per_gene"] = seconds
     else:
         labels = ANNOTATE_RUNNERS[spec["method"]](query, reference, cfg)
@@ -566,6 +596,7 @@ def method_config(args: argparse.Namespace) -> dict[str, Any]:
         "spage_npv",
         "spage_k",
         "knn_k",
+        "reference_smoothing",
         "threads",
     ]
     return {k: getattr(args, k) for k in keys}
@@ -716,13 +747,18 @@ def run_setting(args: argparse.Namespace, setting: Setting, folder: Path, out: d
         for method in [m for m in IMPUTERS if m in args.methods]:
             pred, record = run_child(args, folder, method, "impute", setting.genes)
             res["impute_records"][method] = record
-            if pred is None:
-                res["errors"][f"impute {method}"] = record["error"]
-            else:
+            outputs = {method: pred}
+            for variant in record.get("variants", []):  # same fit, same time and memory
+                outputs[variant] = np.load(folder / f"impute-{variant}.npy", allow_pickle=False)
+                res["impute_records"][variant] = record
+            for name, values in outputs.items():
+                if values is None:
+                    res["errors"][f"impute {name}"] = record["error"]
+                    continue
                 try:
-                    res["per_gene"][method] = score_imputation(setting, pred, record)
+                    res["per_gene"][name] = score_imputation(setting, values, record)
                 except Exception as err:  # scoring failure is reported, not fatal
-                    res["errors"][f"impute {method}"] = f"scoring: {err!r}"
+                    res["errors"][f"impute {name}"] = f"scoring: {err!r}"
             log_progress(setting, "impute", method, record)
             write_outputs(args, out)
     if "annotate" in args.tasks:
@@ -840,6 +876,16 @@ def method_settings(args: argparse.Namespace) -> str:
             "divided by the reference's mean CP10k total over them (as stAI's "
             "`scale='counts'`)."
         ),
+        (
+            f"Reference smoothing (`--reference-smoothing {args.reference_smoothing}`): stAI "
+            "(`reference_smoothing`) and the SpaGE-like kNN average each reference cell's "
+            f"imputed values over its {args.reference_smoothing} nearest reference cells "
+            "(`sf.pp.knn_smoothing_matrix`: log1p-CP10k of all reference genes, 2000 most "
+            "variable, 50 PCs) before transferring them; the rows 'not smoothed' are the same "
+            "fits without it (stAI's temperature calibrated again without it)."
+            if args.reference_smoothing is not None
+            else ""
+        ),
         "Tangram: `tangram-sc` 1.0.4, `mode='cells'`, raw counts in both, "
         f"{args.tangram_epochs} epochs{tangram_note}, lr 0.1, rna_count_based density prior, "
         "training genes = shared minus the held-out gene.",
@@ -852,7 +898,7 @@ def method_settings(args: argparse.Namespace) -> str:
         "Tangram annotation: mapping on all shared genes, `project_cell_annotations`, argmax.",
         f"Seed {args.seed}.",
     ]
-    return " ".join(parts)
+    return " ".join(p for p in parts if p)
 
 
 def fmt_table(df: pd.DataFrame) -> str:
@@ -1047,6 +1093,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scanvi-epochs", type=int, default=None, help="scANVI stage (default: scvi's)"
     )
+    parser.add_argument(
+        "--reference-smoothing",
+        type=int,
+        default=None,
+        help="average the reference's imputed values over each reference cell's K nearest "
+        "reference cells first (stAI's reference_smoothing; also the SpaGE-like kNN); the "
+        "unsmoothed imputations of the same fits are reported too",
+    )
     parser.add_argument("--spage-npv", type=int, default=30)
     parser.add_argument("--spage-k", type=int, default=50)
     parser.add_argument("--knn-k", type=int, default=15)
@@ -1065,6 +1119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    given = (args.stai_model_kwargs or {}).get("reference_smoothing", args.reference_smoothing)
+    if given != args.reference_smoothing:
+        parser.error("--stai-model-kwargs and --reference-smoothing disagree; give one of them.")
+    if args.reference_smoothing is not None:
+        args.stai_model_kwargs = (args.stai_model_kwargs or {}) | {
+            "reference_smoothing": args.reference_smoothing
+        }
     given = (args.stai_model_kwargs or {}).get("reference_transform", args.reference_transform)
     if given != args.reference_transform:
         parser.error("--stai-model-kwargs and --reference-transform disagree; give one of them.")

@@ -278,3 +278,32 @@ def test_mask_entries_errors():
         mask_entries(bad)
     assert "heldout" not in bad.layers
     assert "scfound" not in bad.uns
+
+
+def test_knn_smoothing_matrix_averages_over_cells_of_the_same_type():
+    from scfound.pp import knn_smoothing_matrix
+
+    data = synthetic_spatial(400, 200, 4, seed=0)
+    counts = data.layers["counts"]
+    S = knn_smoothing_matrix(counts, n_neighbors=10)
+    assert S.shape == (400, 400) and sp.issparse(S)
+    np.testing.assert_allclose(np.asarray(S.sum(1)).ravel(), 1.0, rtol=1e-6)
+    assert (S.getnnz(axis=1) == 10).all()
+    assert (S.diagonal() > 0).mean() > 0.99  # each cell is among its own neighbours
+    types = data.obs["cell_type"].to_numpy()
+    rows, cols = S.nonzero()
+    assert (types[rows] == types[cols]).mean() > 0.9
+    identity = knn_smoothing_matrix(sp.csr_matrix(counts), n_neighbors=1)
+    assert (identity.diagonal() == 1).mean() > 0.99
+
+
+def test_knn_smoothing_matrix_errors():
+    from scfound.pp import knn_smoothing_matrix
+
+    counts = synthetic_spatial(50, 20, 2, seed=0).layers["counts"]
+    with pytest.raises(ValueError, match="positive integer"):
+        knn_smoothing_matrix(counts, n_neighbors=0)
+    with pytest.raises(ValueError, match="negative"):
+        knn_smoothing_matrix(-np.asarray(counts), n_neighbors=5)
+    with pytest.raises(ValueError, match="vary across cells"):
+        knn_smoothing_matrix(np.ones((10, 5)), n_neighbors=5)

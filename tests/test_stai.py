@@ -169,6 +169,36 @@ def test_save_load_round_trip(pair, tmp_path):
         sf.STAI.load(tmp_path / "m", spatial[:, :10].copy(), reference.copy())
 
 
+def test_reference_smoothing_averages_values_over_expression_neighbours(pair, tmp_path):
+    spatial, reference, _ = pair
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")
+    sf.STAI.setup_anndata(reference, layer="counts")
+    with pytest.raises(ValueError, match="reference_smoothing must be"):
+        sf.STAI(spatial, reference, reference_smoothing=0, reference_transform="scale")
+    with pytest.warns(UserWarning, match="transcriptome-wide"):  # 30 genes: a panel
+        model = sf.STAI(spatial, reference, reference_smoothing=8, reference_transform="scale")
+    model.train(max_epochs=2, batch_size=256)
+    genes = ["gene_21", "gene_25"]
+    smoothed = model.get_imputed_expression(genes).to_numpy()
+    counts = np.asarray(reference.layers["counts"], dtype=np.float64)
+    values = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)[
+        :, reference.var_names.get_indexer(genes)
+    ]
+    S = sf.pp.knn_smoothing_matrix(counts, 8)
+    expected = np.mean(
+        [model._neighbour_weights(m) @ (S @ values) for m in range(model.n_folds)], axis=0
+    )
+    np.testing.assert_allclose(smoothed, expected, rtol=1e-4, atol=1e-5)
+    model.reference_smoothing = None
+    assert not np.allclose(model.get_imputed_expression(genes).to_numpy(), smoothed)
+    model.reference_smoothing = 8
+    model.save(tmp_path / "m")
+    with pytest.warns(UserWarning, match="transcriptome-wide"):
+        loaded = sf.STAI.load(tmp_path / "m", spatial.copy(), reference.copy())
+    assert loaded.reference_smoothing == 8
+    np.testing.assert_allclose(loaded.get_imputed_expression(genes).to_numpy(), smoothed)
+
+
 @pytest.mark.parametrize("how", ["cp10k_log1p", "scale", "log1p"])
 def test_reference_transform_sets_the_reference_z_scores(pair, how):
     spatial, reference, _ = pair

@@ -28,6 +28,7 @@ from scfound.data._paired_loader import (
     spatial_blocks,
 )
 from scfound.nn._alignment import column_pearson, knn_softmax
+from scfound.pp import knn_smoothing_matrix
 
 from .._base import WEIGHTS_FILE, check_genes, read_model_meta, write_model
 from ._module import (
@@ -136,9 +137,9 @@ class STAI(BaseModelClass):
       written to a working directory.
 
     Options beyond the paper, off by default: ``reference_transform`` for a reference that is
-    itself a gene panel (theirs always library-normalises the reference), ``scale="counts"``
-    in :meth:`get_imputed_expression`, and a temperature picked by
-    :meth:`calibrate_imputation`.
+    itself a gene panel (theirs always library-normalises the reference),
+    ``reference_smoothing`` for a sparse transcriptome-wide reference, ``scale="counts"`` in
+    :meth:`get_imputed_expression`, and a temperature picked by :meth:`calibrate_imputation`.
 
     Parameters
     ----------
@@ -166,6 +167,14 @@ class STAI(BaseModelClass):
         the reference) makes each gene depend on the panel's other genes and drops the cell's
         depth, which the spatial side keeps; for such a reference ``"scale"`` treats both
         sides alike (a warning is given below :data:`PANEL_GENES` reference genes).
+    reference_smoothing
+        ``None`` (stAI): a spatial cell gets the values of its nearest reference cells as they
+        are. ``k``: each reference cell's value of an imputed gene is first averaged over its
+        ``k`` nearest reference cells in the reference's own transcriptome-wide expression space
+        (:func:`scfound.pp.knn_smoothing_matrix`; 15, as scanpy's neighbours, is a good start),
+        which denoises a sparse scRNA-seq reference. Only imputation reads it; training does
+        not. Meant for a transcriptome-wide reference (a warning is given below
+        :data:`PANEL_GENES` reference genes).
     weights
         Loss weights; keys of :data:`IMPUTATION_WEIGHTS` (its values are the defaults). The MMD
         matches the two datasets' latent distributions, so it assumes the same mix of cell
@@ -209,6 +218,7 @@ class STAI(BaseModelClass):
         dropout: float = 0.0,
         spatial_transform: Literal["scale", "log1p"] = "scale",
         reference_transform: Literal["cp10k_log1p", "scale", "log1p"] = "cp10k_log1p",
+        reference_smoothing: int | None = None,
         weights: dict[str, float] | None = None,
         class_weight_power: float = 0.0,
         gene_loss: Literal["cosine", "frobenius"] = "cosine",
@@ -240,6 +250,13 @@ class STAI(BaseModelClass):
                 f"reference_transform must be one of {list(TRANSFORMS)}, "
                 f"got {reference_transform!r}."
             )
+        if reference_smoothing is not None and not (
+            isinstance(reference_smoothing, int | np.integer) and reference_smoothing >= 1
+        ):
+            raise ValueError(
+                f"reference_smoothing must be None or a positive integer, got "
+                f"{reference_smoothing!r}."
+            )
         if gene_loss not in ("cosine", "frobenius"):
             raise ValueError(f"gene_loss must be 'cosine' or 'frobenius', got {gene_loss!r}.")
         self.shared_genes = [
@@ -263,6 +280,16 @@ class STAI(BaseModelClass):
                 UserWarning,
                 stacklevel=2,
             )
+        if reference_smoothing is not None and self.reference.n_vars < PANEL_GENES:
+            warnings.warn(
+                f"the reference measures only {self.reference.n_vars} genes; reference_smoothing "
+                "averages each reference cell over neighbours found from those genes alone, "
+                "which blurs cell types. It is meant for a transcriptome-wide reference.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.reference_smoothing = reference_smoothing
+        self._smoother: sp.csr_matrix | None = None
         folds = [
             calib.tolist()
             for _, calib in KFold(n_folds, shuffle=True, random_state=fold_seed).split(
@@ -305,6 +332,7 @@ class STAI(BaseModelClass):
                 "dropout": dropout,
                 "spatial_transform": spatial_transform,
                 "reference_transform": reference_transform,
+                "reference_smoothing": reference_smoothing,
                 "weights": weights,
                 "class_weight_power": class_weight_power,
                 "gene_loss": gene_loss,
@@ -524,7 +552,8 @@ class STAI(BaseModelClass):
         """Expression of reference genes in the spatial cells, averaged over the submodels.
 
         Each spatial cell gets the softmax-weighted mean of its nearest reference cells (in each
-        submodel's latent space) of a per-cell value of the gene, set by ``scale``.
+        submodel's latent space) of a per-cell value of the gene, set by ``scale`` (and averaged
+        over each reference cell's expression neighbours first with ``reference_smoothing``).
 
         Parameters
         ----------
@@ -566,7 +595,7 @@ class STAI(BaseModelClass):
                 )
         counts = self._reference_X[:, ref_genes.get_indexer(genes)]
         normalize = _log_normalize if scale == "log1p" else _normalize
-        values = normalize(counts, self._library)
+        values = self._smoothed(normalize(counts, self._library))
         out = np.zeros((self.adata.n_obs, len(genes)), dtype=np.float64)
         for m in range(self.n_folds):
             out += (self._neighbour_weights(m, temperature) @ values).toarray()
@@ -616,7 +645,7 @@ class STAI(BaseModelClass):
         check_scale(scale)
         self._check_if_trained(warn=False)
         normalize = _log_normalize if scale == "log1p" else _normalize
-        reference = normalize(self._reference_counts, self._library)
+        reference = self._smoothed(normalize(self._reference_counts, self._library))
         spatial = self._spatial_counts.toarray().astype(np.float64)
         scores = {t: [] for t in temps}
         for m in range(self.n_folds):
@@ -633,6 +662,14 @@ class STAI(BaseModelClass):
         table.index.name = "temperature"
         self.imputation_temperature_ = float(table.idxmax())
         return table
+
+    def _smoothed(self, values: sp.csr_matrix) -> sp.csr_matrix:
+        """Reference ``values`` (cells x genes), averaged as ``reference_smoothing`` asks."""
+        if self.reference_smoothing is None:
+            return values
+        if self._smoother is None:
+            self._smoother = knn_smoothing_matrix(self._reference_X, self.reference_smoothing)
+        return sp.csr_matrix(self._smoother @ values, dtype=np.float32)
 
     def _temperature(self, temperature: float | None) -> float:
         """``temperature``, or the model's when None; must be positive."""
