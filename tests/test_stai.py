@@ -191,7 +191,10 @@ def test_reference_smoothing_averages_values_over_expression_neighbours(pair, tm
     np.testing.assert_allclose(smoothed, expected, rtol=1e-4, atol=1e-5)
     model.reference_smoothing = None
     assert not np.allclose(model.get_imputed_expression(genes).to_numpy(), smoothed)
+    model.reference_smoothing = 3  # a new k builds a new matrix
+    assert not np.allclose(model.get_imputed_expression(genes).to_numpy(), smoothed)
     model.reference_smoothing = 8
+    np.testing.assert_allclose(model.get_imputed_expression(genes).to_numpy(), smoothed)
     model.save(tmp_path / "m")
     with pytest.warns(UserWarning, match="transcriptome-wide"):
         loaded = sf.STAI.load(tmp_path / "m", spatial.copy(), reference.copy())

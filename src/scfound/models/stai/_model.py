@@ -289,7 +289,8 @@ class STAI(BaseModelClass):
                 stacklevel=2,
             )
         self.reference_smoothing = reference_smoothing
-        self._smoother: sp.csr_matrix | None = None
+        #: (k, smoothing matrix) last built, so it is built once per ``reference_smoothing``
+        self._smoother: tuple[int, sp.csr_matrix] | None = None
         folds = [
             calib.tolist()
             for _, calib in KFold(n_folds, shuffle=True, random_state=fold_seed).split(
@@ -665,11 +666,12 @@ class STAI(BaseModelClass):
 
     def _smoothed(self, values: sp.csr_matrix) -> sp.csr_matrix:
         """Reference ``values`` (cells x genes), averaged as ``reference_smoothing`` asks."""
-        if self.reference_smoothing is None:
+        k = self.reference_smoothing
+        if k is None:
             return values
-        if self._smoother is None:
-            self._smoother = knn_smoothing_matrix(self._reference_X, self.reference_smoothing)
-        return sp.csr_matrix(self._smoother @ values, dtype=np.float32)
+        if self._smoother is None or self._smoother[0] != k:
+            self._smoother = (k, knn_smoothing_matrix(self._reference_X, k))
+        return sp.csr_matrix(self._smoother[1] @ values, dtype=np.float32)
 
     def _temperature(self, temperature: float | None) -> float:
         """``temperature``, or the model's when None; must be positive."""
