@@ -47,7 +47,7 @@ import torch
 import scfound as sf
 from scfound.metrics import clustering_scores, imputation_scores, normalize_log1p
 from scfound.models.cellplm._model import KL_WEIGHT
-from scfound.tl._cellplm import ADAPT_EPOCHS, FINE_TUNE_LR
+from scfound.tl._methods.cellplm import ADAPT_EPOCHS, FINE_TUNE_LR
 
 DATA = "../shared/data"
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -456,7 +456,7 @@ def annotation_task(pre: sf.CellPLM, mop: ad.AnnData, is_held: np.ndarray, args)
             data,
             "labels",
             model=pre,
-            sample_key="batch",
+            group_key="batch",
             fine_tune=mode,
             adapt_epochs=args.adapt_epochs,
             max_epochs=ft,

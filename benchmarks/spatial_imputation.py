@@ -139,7 +139,7 @@ def spaformer_impute(task: Task, model_kwargs: dict[str, Any], key_added: str) -
         key_added=key_added,
     )
     imputed = np.asarray(task.adata.layers.pop(key_added), dtype=np.float32)
-    run = task.adata.uns["scfound"]["impute"]
+    run = task.adata.uns["scfound"]["impute"][key_added]
     params = {
         "model_kwargs": model_kwargs,
         "group_key": task.group_key or "spatial tiles",

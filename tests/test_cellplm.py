@@ -294,9 +294,10 @@ def test_checkpoint_config_mismatch(corpus, tmp_path):
 
 def test_parity_with_authors_package(tmp_path):
     """Same random checkpoint, same seed: the authors' package and ours embed alike."""
-    pytest.importorskip("einops")
-    omics = pytest.importorskip("CellPLM.model")
-    pipeline = pytest.importorskip("CellPLM.pipeline.cell_embedding")
+    why = 'run: pip install einops && pip install --no-deps "cellplm==0.1.0.post2" (.ci/run)'
+    pytest.importorskip("einops", reason=why)
+    omics = pytest.importorskip("CellPLM.model", reason=why)
+    pipeline = pytest.importorskip("CellPLM.pipeline.cell_embedding", reason=why)
     genes = [f"G{i}" for i in range(120)]
     config = {
         "enc_mod": "flowformer",
@@ -389,12 +390,12 @@ def test_tl_embed_denoise_leave_obs_untouched(corpus):
     query = _counts(60, [f"gene_{i}" for i in range(5, 25)], seed=2)
     query.obs["sample"] = np.repeat(["s1", "s2"], 30)
     obs_before = query.obs.copy()
-    sf.tl.embed(query, method="cellplm", model=model, sample_key="sample")
-    sf.tl.denoise(query, model=model, sample_key="sample")
+    sf.tl.embed(query, method="cellplm", model=model, group_key="sample")
+    sf.tl.denoise(query, model=model, group_key="sample")
     assert query.obsm["X_cellplm"].shape == (60, 8)
     assert query.layers["cellplm_denoised"].shape == query.shape
     pd.testing.assert_frame_equal(query.obs, obs_before)
-    assert query.uns["scfound"]["embed"]["method"] == "cellplm"
+    assert query.uns["scfound"]["embed"]["X_cellplm"]["method"] == "cellplm"
 
 
 def test_tl_impute_from_reference(corpus, synthetic):
@@ -406,7 +407,7 @@ def test_tl_impute_from_reference(corpus, synthetic):
         reference=rna,
         layer="counts",
         group_key="fov",
-        reference_sample_key="sample",
+        reference_group_key="sample",
         max_epochs=1,
         model_kwargs=TINY,
     )
@@ -446,7 +447,7 @@ def test_tl_annotate_learns_labels(fine_tune):
     sf.tl.annotate(
         adata,
         "ct",
-        sample_key="sample",
+        group_key="sample",
         fine_tune=fine_tune,
         max_epochs=60 if head else 30,
         model_kwargs={**TINY, "likelihood": "nb"} if head else TINY,
@@ -456,7 +457,7 @@ def test_tl_annotate_learns_labels(fine_tune):
     # chance is 1/3; the tiny self-supervised embedding is seed-dependent (0.85-1.0 over 4 seeds)
     assert (pred[test] == types[test]).mean() > (0.75 if head else 0.9)
     assert adata.obsm["cellplm_probabilities"].shape == (adata.n_obs, 3)
-    assert adata.uns["scfound"]["annotate"]["fine_tune"] == fine_tune
+    assert adata.uns["scfound"]["annotate"]["cellplm"]["fine_tune"] == fine_tune
     with pytest.raises(KeyError, match="not found"):
         sf.tl.annotate(adata, "missing_column")
     with pytest.raises(ValueError, match="fine_tune"):
@@ -481,7 +482,7 @@ def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
     del query.obs["ct"]
     before = query.obs.copy()
     sf.tl.annotate(
-        query, "ct", reference=reference, model=base, sample_key="sample", fine_tune="head"
+        query, "ct", reference=reference, model=base, group_key="sample", fine_tune="head"
     )
     pred = query.obs["cellplm_prediction"].astype(str).to_numpy()
     assert (pred == types[test]).mean() > 0.9
@@ -492,10 +493,10 @@ def test_tl_annotate_from_a_labelled_reference_with_a_pretrained_model():
 def test_tl_annotate_adapts_then_fine_tunes_a_pretrained_model():
     adata, types, test, base = _self_supervised_typed_cells()
     before = {k: v.clone() for k, v in base.module.state_dict().items()}
-    sf.tl.annotate(adata, "ct", model=base, sample_key="sample", adapt_epochs=5, max_epochs=10)
+    sf.tl.annotate(adata, "ct", model=base, group_key="sample", adapt_epochs=5, max_epochs=10)
     pred = adata.obs["cellplm_prediction"].astype(str).to_numpy()
     assert (pred[test] == types[test]).mean() > 0.9
-    info = adata.uns["scfound"]["annotate"]
+    info = adata.uns["scfound"]["annotate"]["cellplm"]
     assert (info["adapt_epochs"], info["max_epochs"]) == (5, 10)
     # the fine-tuning after the probe keeps a history (scvi-tools keeps none after a probe)
     assert info["epochs"] == 10 and np.isfinite(info["final_train_loss"])
@@ -503,12 +504,12 @@ def test_tl_annotate_adapts_then_fine_tunes_a_pretrained_model():
     assert all(torch.equal(base.module.state_dict()[k], v) for k, v in before.items())
     lpft = adata.obsm["cellplm_probabilities"].to_numpy()
     # the same adaptation and probe without the fine-tuning: fine-tuning must change the model
-    sf.tl.annotate(adata, "ct", model=base, sample_key="sample", fine_tune="head", adapt_epochs=5)
+    sf.tl.annotate(adata, "ct", model=base, group_key="sample", fine_tune="head", adapt_epochs=5)
     assert not np.allclose(adata.obsm["cellplm_probabilities"].to_numpy(), lpft, atol=1e-3)
-    sf.tl.annotate(adata, "ct", model=base, sample_key="sample", fine_tune="head")
-    assert adata.uns["scfound"]["annotate"]["adapt_epochs"] == 0
+    sf.tl.annotate(adata, "ct", model=base, group_key="sample", fine_tune="head")
+    assert adata.uns["scfound"]["annotate"]["cellplm"]["adapt_epochs"] == 0
     with pytest.raises(ValueError, match="adapt_epochs"):
-        sf.tl.annotate(adata, "ct", model=base, sample_key="sample", adapt_epochs=-1)
+        sf.tl.annotate(adata, "ct", model=base, group_key="sample", adapt_epochs=-1)
 
 
 def test_annotation_head_alone_leaves_the_model_frozen():

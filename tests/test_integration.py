@@ -21,4 +21,4 @@ def test_osmfish_imputation_beats_simple_references():
     assert model["rmse"] < reference["rmse"]
     # the caller's counts are untouched and the run is recorded
     assert "spatial_tile" not in adata.obs
-    assert adata.uns["scfound"]["impute"]["layer"] == "heldout_counts"
+    assert adata.uns["scfound"]["impute"]["spaformer_imputed"]["layer"] == "heldout_counts"

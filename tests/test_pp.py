@@ -33,7 +33,7 @@ def test_spatial_tiles_tile_size():
     for t in tiles.cat.categories:
         sub = xy[(tiles == t).to_numpy()]
         assert np.all(sub.max(0) - sub.min(0) < 5)
-    assert adata.uns["scfound"]["spatial_tiles"]["tile_size"] == 5.0
+    assert adata.uns["scfound"]["spatial_tiles"]["spatial_tile"]["tile_size"] == 5.0
 
 
 def test_spatial_tiles_n_tiles_follows_aspect_ratio():
@@ -44,7 +44,7 @@ def test_spatial_tiles_n_tiles_follows_aspect_ratio():
     tiles = adata.obs["tile"]
     assert tiles.nunique() == 16
     # 8 columns x 2 rows: each tile spans about 50 x 50
-    assert adata.uns["scfound"]["spatial_tiles"]["grid_shape"] == [2, 8]
+    assert adata.uns["scfound"]["spatial_tiles"]["tile"]["grid_shape"] == [2, 8]
     counts = tiles.value_counts()
     assert counts.min() > 0.6 * counts.mean()
 
@@ -82,7 +82,7 @@ def test_spatial_tiles_merges_small_tiles():
     # merged into the tile at row 0, column 1 (centre (7.5, 2.5), the nearest)
     assert lone_tile == "0_1"
     assert (tiles == lone_tile).sum() == 26
-    assert adata.uns["scfound"]["spatial_tiles"]["n_tiles_merged"] == 1
+    assert adata.uns["scfound"]["spatial_tiles"]["spatial_tile"]["n_tiles_merged"] == 1
 
 
 def test_spatial_tiles_copy_leaves_original():
@@ -123,7 +123,7 @@ def test_spatial_graph_knn_writes_squidpy_keys():
     assert sp.issparse(conn) and conn.shape == (200, 200)
     assert np.all(np.asarray((conn > 0).sum(1)).ravel() >= 5)
     assert adata.uns["spatial_neighbors"]["connectivities_key"] == "spatial_connectivities"
-    assert adata.uns["scfound"]["spatial_graph"]["n_neighs"] == 5
+    assert adata.uns["scfound"]["spatial_graph"]["spatial_connectivities"]["n_neighs"] == 5
     # edges join each cell to its nearest cells
     xy = adata.obsm["spatial"]
     d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
@@ -244,7 +244,7 @@ def test_mask_entries(fmt):
         np.testing.assert_array_equal(adata.layers["counts"], original)
     else:
         np.testing.assert_array_equal(adata.layers["counts"].toarray(), original.toarray())
-    info = adata.uns["scfound"]["mask_entries"]
+    info = adata.uns["scfound"]["mask_entries"]["heldout"]
     assert info["n_heldout"] == mask.sum()
     assert info["fraction"] == 0.3
 

@@ -279,8 +279,8 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
     assert set(spatial.obsm) == {"spatial", "stai_imputed"}
     assert spatial.obs.equals(before_sp.obs) and spatial.var.equals(before_sp.var)
     assert np.array_equal(spatial.layers["counts"], before_sp.layers["counts"])
-    assert spatial.uns["scfound"]["impute"]["method"] == "stai"
-    assert spatial.uns["scfound"]["impute"]["scale"] == "log1p"
+    assert spatial.uns["scfound"]["impute"]["stai_imputed"]["method"] == "stai"
+    assert spatial.uns["scfound"]["impute"]["stai_imputed"]["scale"] == "counts"
     with pytest.raises(ValueError, match="scale must be"):
         sf.tl.impute(spatial, method="stai", reference=reference, layer="counts", scale="raw")
     assert reference.obs.equals(before_ref.obs) and set(reference.uns) == set(before_ref.uns)

@@ -6,6 +6,8 @@ same bad input (missing keys, non-finite values, negative counts, bad coordinate
 
 from __future__ import annotations
 
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -126,10 +128,36 @@ def get_obs_column(adata: AnnData, key: str) -> np.ndarray:
     return col.to_numpy()
 
 
-def record(adata: AnnData, key: str, params: dict[str, Any]) -> None:
-    """Record the parameters of a run in ``adata.uns['scfound'][key]``."""
-    adata.uns.setdefault(UNS_KEY, {})
-    adata.uns[UNS_KEY][key] = {k: _uns_safe(v) for k, v in params.items()}
+def record(adata: AnnData, verb: str, key_added: str, params: dict[str, Any]) -> None:
+    """Record the parameters of a run in ``adata.uns['scfound'][verb][key_added]``.
+
+    Runs accumulate: a second run of the same verb under another ``key_added`` keeps the first
+    record; a run under the same ``key_added`` replaces it (as it replaces the result).
+    """
+    runs = adata.uns.setdefault(UNS_KEY, {}).setdefault(verb, {})
+    runs[key_added] = {k: _uns_safe(v) for k, v in params.items()}
+
+
+def resolve_group_key(group_key: str | None, sample_key: str | None, where: str) -> str | None:
+    """``group_key``, or the deprecated ``sample_key`` it replaces (with a ``FutureWarning``).
+
+    ``group_key`` is scfound's one name for the ``obs`` column of the cells processed together (a
+    field of view, tile, tissue sample or slice).
+    """
+    if sample_key is None:
+        return group_key
+    if group_key is not None and group_key != sample_key:
+        raise ValueError(
+            f"{where}: pass `group_key` only (`sample_key` is its deprecated name), got "
+            f"group_key={group_key!r} and sample_key={sample_key!r}."
+        )
+    warnings.warn(
+        f"{where}: `sample_key` is deprecated and will be removed; use `group_key=` (the column "
+        "of the cells processed together: fields of view, samples, slices).",
+        FutureWarning,
+        stacklevel=3,
+    )
+    return sample_key
 
 
 def _uns_safe(value: Any) -> Any:
@@ -177,3 +205,27 @@ def check_scale(scale: str) -> None:
     """``scale`` must be one of :data:`EXPRESSION_SCALES`."""
     if scale not in EXPRESSION_SCALES:
         raise ValueError(f"scale must be 'log1p' or 'counts', got {scale!r}.")
+
+
+def check_genes_present(genes: Sequence[str], available: Sequence[str], where: str) -> list[str]:
+    """``genes`` as strings, or a ``ValueError`` listing those that ``available`` lacks.
+
+    Parameters
+    ----------
+    genes
+        Requested gene names.
+    available
+        Gene names that can serve the request (e.g. a reference's ``var_names``).
+    where
+        How ``available`` is named in the error, e.g. ``"the reference"``.
+    """
+    genes = [str(g) for g in genes]
+    known = set(map(str, available))
+    absent = [g for g in genes if g not in known]
+    if absent:
+        raise ValueError(
+            f"{len(absent)} requested gene(s) are not in {where}: {absent[:10]}"
+            + (" ..." if len(absent) > 10 else "")
+            + "."
+        )
+    return genes

@@ -123,7 +123,7 @@ def mask_entries(
     - ``adata.layers[key_added]``: dense boolean mask, ``True`` = held out;
     - ``adata.layers[f'{key_added}_counts']``: the counts with held-out entries set to 0
       (``float32``, same sparse format as the input, explicit zeros removed);
-    - ``adata.uns['scfound']['mask_entries']``: the parameters and the number of held-out
+    - ``adata.uns['scfound']['mask_entries'][key_added]``: the parameters and the number of held-out
       entries.
 
     The input layer is not modified.
@@ -164,6 +164,7 @@ def mask_entries(
     record(
         adata,
         "mask_entries",
+        key_added,
         {
             "fraction": float(fraction),
             "layer": layer,

@@ -55,7 +55,7 @@ def spatial_tiles(
 
     - ``adata.obs[key_added]``: categorical tile label per cell, ``'<row>_<col>'`` of the
       grid; only non-empty tiles are categories;
-    - ``adata.uns['scfound']['spatial_tiles']``: the parameters, the grid shape and the
+    - ``adata.uns['scfound']['spatial_tiles'][key_added]``: the parameters, the grid shape and the
       number of tiles.
 
     Examples
@@ -116,6 +116,7 @@ def spatial_tiles(
     record(
         adata,
         "spatial_tiles",
+        key_added,
         {
             "tile_size": tile_size,
             "n_tiles": n_tiles,
@@ -185,7 +186,7 @@ def spatial_graph(
     - ``adata.obsp['spatial_connectivities']``: binary adjacency (CSR);
     - ``adata.obsp['spatial_distances']``: Euclidean edge lengths (CSR);
     - ``adata.uns['spatial_neighbors']``: the keys above and squidpy's parameters;
-    - ``adata.uns['scfound']['spatial_graph']``: the parameters of this call.
+    - ``adata.uns['scfound']['spatial_graph']['spatial_connectivities']``: the parameters of this call.
 
     Examples
     --------
@@ -252,6 +253,7 @@ def spatial_graph(
     record(
         adata,
         "spatial_graph",
+        "spatial_connectivities",
         {
             "method": method,
             "n_neighs": n_neighs if method == "knn" else None,

@@ -1,8 +1,14 @@
-"""One-call tools: train (or reuse) a model and write its results into the AnnData."""
+"""One-call tools: train (or reuse) a model and write its results into the AnnData.
 
-from ._cellplm_tools import annotate, denoise
+One verb per module; each resolves the method, hands the work to that method's adapter
+(:mod:`scfound.tl._methods`), writes the result to the place fixed for the verb and records the
+run in ``uns["scfound"][verb][key_added]``.
+"""
+
+from ._annotate import annotate
+from ._denoise import denoise
 from ._embed import embed
 from ._impute import impute
-from ._stai import imputed_anndata
+from ._imputed_anndata import imputed_anndata
 
 __all__ = ["annotate", "denoise", "embed", "impute", "imputed_anndata"]

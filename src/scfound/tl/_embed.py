@@ -2,38 +2,39 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
+import numpy as np
 from anndata import AnnData
+from mudata import MuData
 
-from scfound._utils import record
-from scfound.models import CellPLM, SpaFormer
+from scfound._keys import embedding_key
 
-from ._cellplm_tools import embed_cellplm
-from ._impute import _resolve_method
-from ._spaformer import spaformer_for
-from ._utils import training_summary
+from ._methods import Result
+from ._run import modality, run
+
+VERB = "embed"
 
 
 def embed(
-    adata: AnnData,
-    method: Literal["spaformer", "cellplm"] | None = None,
+    adata: AnnData | MuData,
+    method: str | None = None,
     *,
     layer: str | None = None,
     spatial_key: str = "spatial",
     group_key: str | None = None,
-    batch_key: str | None = None,
-    sample_key: str | None = None,
-    gene_key: str | None = None,
-    model: SpaFormer | CellPLM | str | None = None,
-    fine_tune: bool = False,
+    model: Any = None,
     key_added: str | None = None,
-    max_epochs: int = 200,
+    max_epochs: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
+    mod: str | None = None,
+    return_model: bool = False,
     copy: bool = False,
-) -> AnnData | None:
+    sample_key: str | None = None,
+    **options: Any,
+) -> Any:
     """Embed every cell in the latent space of a deep model.
 
     The embedding can be used like a PCA: ``sc.pp.neighbors(adata, use_rep="X_spaformer")``.
@@ -41,91 +42,55 @@ def embed(
     Parameters
     ----------
     adata
-        Cells x genes with counts in ``layer`` (or ``.X``) and coordinates in
-        ``obsm[spatial_key]``.
+        Cells x genes with raw counts in ``layer`` (or ``.X``); a MuData reads modality ``mod``.
     method
         ``"spaformer"`` or ``"cellplm"``; ``None`` picks SpaFormer when ``obsm[spatial_key]``
         exists, CellPLM otherwise.
-    layer, spatial_key, group_key, batch_key, max_epochs, model_kwargs, train_kwargs, seed
+    layer, spatial_key, group_key, model, max_epochs, model_kwargs, train_kwargs, seed, mod
         As in :func:`scfound.tl.impute`.
-    sample_key
-        CellPLM: column of ``adata.obs`` with tissue samples (each sample is one sentence);
-        ``None``: all cells form one sample.
-    gene_key
-        CellPLM: column of ``adata.var`` with the model's gene identifiers.
-    model
-        SpaFormer: a trained model. CellPLM: a trained :class:`~scfound.CellPLM` (zero-shot), the
-        prefix of a checkpoint in the authors' layout, or ``None`` to train a small CellPLM on
-        ``adata``.
-    fine_tune
-        CellPLM: train a given model further on ``adata`` for ``max_epochs`` before embedding.
     key_added
         Key in ``adata.obsm``; default ``"X_<method>"``.
+    return_model
+        Also return the model, so that another verb can reuse it (``model=``).
     copy
         Return a modified copy instead of writing into ``adata``.
+    sample_key
+        Deprecated name of ``group_key``.
+    **options
+        Options of the method (SpaFormer: ``batch_key``; CellPLM: ``gene_key``,
+        ``fine_tune``); an option the method does not know is an error.
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``. Writes ``adata.obsm[key_added]`` (cells x
-    ``n_latent``) and ``adata.uns['scfound']['embed']``.
+    ``None``, the copy, the model (``return_model``) or ``(copy, model)``. Writes
+    ``adata.obsm[key_added]`` (cells x latent dimensions) and
+    ``adata.uns['scfound']['embed'][key_added]``.
     """
-    if method is None and spatial_key not in adata.obsm:
-        method = "cellplm"
-    method = _resolve_method(adata, method, spatial_key)
-    adata = adata.copy() if copy else adata
-    key_added = key_added or f"X_{method}"
-    if method == "cellplm":
-        fitted = embed_cellplm(
-            adata,
-            key_added,
-            layer=layer,
-            sample_key=sample_key,
-            spatial_key=spatial_key if spatial_key in adata.obsm else None,
-            gene_key=gene_key,
-            model=model,
-            max_epochs=max_epochs,
-            model_kwargs=model_kwargs,
-            train_kwargs=train_kwargs,
-            seed=seed,
-            fine_tune=fine_tune,
-        )
-        record(
-            adata,
-            "embed",
-            {
-                "method": method,
-                "layer": layer,
-                "key_added": key_added,
-                "sample_key": sample_key,
-                "model": fitted._model_summary_string,
-                **training_summary(fitted),
-            },
-        )
-        return adata if copy else None
-    model, small = spaformer_for(
+    if method is None:
+        method = "spaformer" if spatial_key in modality(adata, mod).obsm else "cellplm"
+    key_added = key_added or embedding_key(method)
+    return run(
+        VERB,
         adata,
-        model,
+        method,
+        common={},
+        options=options,
+        write=_write,
+        key_added=key_added,
+        mod=mod,
+        copy=copy,
+        return_model=return_model,
+        group_key=group_key,
+        sample_key=sample_key,
         layer=layer,
         spatial_key=spatial_key,
-        group_key=group_key,
-        batch_key=batch_key,
+        model=model,
         max_epochs=max_epochs,
         model_kwargs=model_kwargs,
         train_kwargs=train_kwargs,
         seed=seed,
     )
-    adata.obsm[key_added] = model.get_latent_representation(small)
-    record(
-        adata,
-        "embed",
-        {
-            "method": method,
-            "layer": layer,
-            "key_added": key_added,
-            "group_key": group_key,
-            "max_epochs": max_epochs,
-            "model": model._model_summary_string,
-            **training_summary(model),
-        },
-    )
-    return adata if copy else None
+
+
+def _write(adata: AnnData, result: Result, key: str) -> None:
+    adata.obsm[key] = np.asarray(result.values, dtype=np.float32)

@@ -1,229 +1,157 @@
-"""``sf.tl.impute``: fill in missing or dropped-out expression."""
+"""``sf.tl.impute``: fill in dropped-out expression, or genes the data does not measure."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+import numpy as np
 from anndata import AnnData
+from mudata import MuData
 
-from scfound._utils import check_scale, record
-from scfound.models import STAI, CellPLM, SpaFormer
+from scfound._keys import imputed_key
+from scfound._utils import check_scale
 
-from ._spaformer import spaformer_for
-from ._utils import training_summary
+from ._methods import Result
+from ._run import modality, run
 
-METHODS = ("spaformer", "cellplm", "stai")
+VERB = "impute"
 
 
 def impute(
-    adata: AnnData,
-    method: Literal["spaformer", "cellplm", "stai"] | None = None,
+    adata: AnnData | MuData,
+    method: str | None = None,
     *,
-    reference: AnnData | None = None,
+    reference: AnnData | MuData | None = None,
     genes: list[str] | None = None,
     layer: str | None = None,
     reference_layer: str | None = None,
     spatial_key: str = "spatial",
     group_key: str | None = None,
-    batch_key: str | None = None,
-    reference_sample_key: str | None = None,
-    gene_key: str | None = None,
-    model: SpaFormer | CellPLM | STAI | str | None = None,
+    model: Any = None,
+    scale: Literal["counts", "log1p"] = "counts",
     key_added: str | None = None,
-    keep_observed: bool = False,
-    scale: Literal["log1p", "counts"] = "log1p",
-    max_epochs: int = 200,
+    max_epochs: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
     seed: int = 0,
+    mod: str | None = None,
+    return_model: bool = False,
     copy: bool = False,
-) -> AnnData | None:
+    sample_key: str | None = None,
+    **options: Any,
+) -> Any:
     """Impute expression with a deep model and write it into ``adata``.
 
-    With ``method="spaformer"`` (the default for data with spatial coordinates), a
-    :class:`~scfound.SpaFormer` is trained on ``adata`` with its default settings (unless a trained
-    ``model`` is given), and every cell is reconstructed in the context of its field of view.
-
-    With ``method="cellplm"`` (the default when a ``reference`` is given), genes that a spatial
-    panel lacks are imputed from a scRNA-seq ``reference`` of the same tissue: both are joined in
-    one corpus (each scored only on the genes it measured), a :class:`~scfound.CellPLM` is
-    fine-tuned on it (or trained from scratch when ``model`` is None), and the spatial cells'
-    decoded values at the reference-only genes are written to ``obsm[key_added]``.
-
-    With ``method="stai"``, an :class:`~scfound.STAI` is trained on ``adata`` and the
-    ``reference`` (their shared genes, matched by name), and each spatial cell gets the
-    softmax-weighted mean of its nearest reference cells in the joint latent space, averaged over
-    the gene-fold submodels; the result goes to ``obsm[key_added]`` as for CellPLM.
+    A method either reconstructs the genes ``adata`` measures (SpaFormer: every entry in the
+    context of the cell's field of view) or transfers genes it does not measure from a
+    scRNA-seq ``reference`` of the same tissue (CellPLM, stAI). The methods, their options and
+    where each writes are listed in the docs page "Verbs and methods".
 
     Parameters
     ----------
     adata
-        Cells x genes with counts in ``layer`` (or ``.X``) and coordinates in
-        ``obsm[spatial_key]``.
+        Cells x genes with raw counts in ``layer`` (or ``.X``); a MuData reads modality ``mod``.
     method
         ``"spaformer"``, ``"cellplm"`` or ``"stai"``; ``None`` picks CellPLM when a
         ``reference`` is given, SpaFormer when ``obsm[spatial_key]`` exists.
     reference
-        CellPLM, stAI: scRNA-seq AnnData with raw counts that measures the genes to impute.
+        A reference with raw counts that measures the genes to impute (CellPLM, stAI).
     genes
-        CellPLM, stAI: genes to impute (default every reference gene ``adata`` lacks).
+        Genes to impute; default: for SpaFormer every gene, with a reference every reference
+        gene ``adata`` lacks.
     layer, reference_layer
-        Layers with the counts of ``adata`` and ``reference``; ``None`` uses ``.X``.
+        Layers with the raw counts of ``adata`` and ``reference``; ``None`` uses ``.X``.
     spatial_key
         Key of the coordinates in ``adata.obsm``.
     group_key
-        Column of ``adata.obs`` with fields of view (for CellPLM: the samples; for stAI: the
-        slices, whose neighbour graphs are kept apart). ``None`` cuts
-        the section into square tiles of about 500 cells for SpaFormer (kept internally;
-        ``adata.obs`` is not changed) and makes it one sample for CellPLM.
-    batch_key
-        Optional batch column of ``adata.obs``.
-    reference_sample_key
-        CellPLM: column of ``reference.obs`` with its samples.
-    gene_key
-        CellPLM: column of ``var`` (of both objects) with gene identifiers to match on.
+        Column of ``adata.obs`` with the cells processed together (fields of view, samples,
+        slices). ``None``: SpaFormer cuts the section into tiles of about 500 cells (in the
+        model's own AnnData), CellPLM and stAI take all cells as one.
     model
-        A trained :class:`~scfound.SpaFormer` to apply instead of training one (``adata`` must
-        hold the genes, layer and keys it was set up with); for CellPLM a pre-trained
-        :class:`~scfound.CellPLM` or the prefix of an authors' checkpoint to fine-tune; for stAI
-        a :class:`~scfound.STAI` trained on ``adata``'s cells.
-    key_added
-        Layer (SpaFormer) or ``obsm`` key (CellPLM, stAI) to write; default
-        ``"<method>_imputed"``.
-    keep_observed
-        Keep non-zero observed counts and impute zeros only; default replaces every entry by the
-        model's reconstruction (denoised values). Either way the layer is on the count scale of
-        the input (each cell keeps its library size), so it can replace the counts in scanpy.
+        A trained model of ``method`` to apply instead of training one (for CellPLM also a
+        pre-trained one to fine-tune, or the prefix of an authors' checkpoint).
     scale
-        CellPLM, stAI: ``"log1p"`` writes log-normalised values (library 1e4, ``log1p``; stAI's
-        output); ``"counts"`` writes expected counts at each spatial cell's own depth (its total
-        over the genes it shares with the reference), which follow the cell size and detection
-        that the measured counts carry.
+        ``"counts"``: expected counts at each cell's own depth, so the result can stand in for
+        counts in scanpy; ``"log1p"``: log-normalised (library 1e4).
+    key_added
+        Where to write; default ``"<method>_imputed"``.
     max_epochs
-        Training epochs when no ``model`` is given.
+        Training epochs when no ``model`` is given (``None``: the method's default).
     model_kwargs, train_kwargs
-        Passed to the model class and its ``train`` method.
+        Passed to the model class and to its ``train`` method.
     seed
-        Random seed of training.
+        Random seed of the initial weights and of training.
+    mod
+        Modality of a MuData ``adata`` (and ``reference``) to read and write.
+    return_model
+        Also return the model, so that another verb can reuse it (``model=``).
     copy
         Return a modified copy instead of writing into ``adata``.
+    sample_key
+        Deprecated name of ``group_key``.
+    **options
+        Options of the method (SpaFormer: ``keep_observed``, ``batch_key``; CellPLM:
+        ``gene_key``, ``reference_group_key``; stAI: ``temperature``); an option the method does
+        not know is an error.
 
     Returns
     -------
-    ``None``, or the modified copy when ``copy=True``. Writes
+    ``None``, the modified copy when ``copy=True``, the model when ``return_model=True`` (or
+    ``(copy, model)`` with both). Writes
 
-    * SpaFormer: ``adata.layers[key_added]``, imputed expression, float32, cells x genes;
-    * CellPLM, stAI: ``adata.obsm[key_added]``, a DataFrame (cells x imputed genes) on the
-      ``scale`` asked for; :func:`scfound.tl.imputed_anndata` turns it into an AnnData for
-      scanpy and squidpy plots;
-    * ``adata.uns['scfound']['impute']``: the parameters of the run and final training losses.
+    * ``adata.layers[key_added]`` when every measured gene is imputed (float32, cells x genes);
+    * otherwise ``adata.obsm[key_added]``, a DataFrame (cells x imputed genes);
+      :func:`scfound.tl.imputed_anndata` turns it into an AnnData for scanpy and squidpy plots;
+    * ``adata.uns['scfound']['impute'][key_added]``: the parameters of the run and final losses.
+
+    Examples
+    --------
+    >>> adata = sf.datasets.osmfish()
+    >>> model = sf.tl.impute(adata, layer="counts", return_model=True)
+    >>> sf.tl.embed(adata, model=model)  # reuses the fit
     """
-    if method is None and reference is not None:
-        method = "cellplm"
-    method = _resolve_method(adata, method, spatial_key)
-    adata = adata.copy() if copy else adata
-    key_added = key_added or f"{method}_imputed"
-    if method in ("stai", "cellplm"):
-        check_scale(scale)
-        if reference is None:
-            raise ValueError(
-                f"method={method!r} imputes genes from a `reference`; pass reference=. (To "
-                "denoise the measured genes use scfound.tl.denoise.)"
-            )
-        if method == "stai":
-            from ._stai import check_reference_genes, stai_for
-
-            check_reference_genes(reference, genes)
-            fitted = stai_for(
-                adata,
-                reference,
-                model,
-                layer=layer,
-                reference_layer=reference_layer,
-                spatial_key=spatial_key,
-                sample_key=group_key,
-                labels_key=None,
-                max_epochs=max_epochs,
-                model_kwargs=model_kwargs,
-                train_kwargs=train_kwargs,
-                seed=seed,
-            )
-            adata.obsm[key_added] = fitted.get_imputed_expression(genes, scale=scale)
+    check_scale(scale)
+    if method is None:
+        if reference is not None:
+            method = "cellplm"
+        elif spatial_key in modality(adata, mod).obsm:
+            method = "spaformer"
         else:
-            from ._cellplm_tools import impute_cellplm
-
-            fitted = impute_cellplm(
-                adata,
-                reference,
-                genes=genes,
-                key_added=key_added,
-                layer=layer,
-                reference_layer=reference_layer,
-                sample_key=group_key,
-                reference_sample_key=reference_sample_key,
-                spatial_key=spatial_key if spatial_key in adata.obsm else None,
-                gene_key=gene_key,
-                scale=scale,
-                model=model,
-                max_epochs=max_epochs,
-                model_kwargs=model_kwargs,
-                train_kwargs=train_kwargs,
-                seed=seed,
+            raise ValueError(
+                f"no method given, no reference and adata.obsm[{spatial_key!r}] is missing: "
+                "SpaFormer needs spatial coordinates; pass `spatial_key=`, `reference=` or "
+                "`method=`."
             )
-        record(
-            adata,
-            "impute",
-            {
-                "method": method,
-                "key_added": key_added,
-                "scale": scale,
-                "n_genes": adata.obsm[key_added].shape[1],
-                "max_epochs": max_epochs,
-                "model": fitted._model_summary_string,
-                **training_summary(fitted),
-            },
-        )
-        return adata if copy else None
-    model, small = spaformer_for(
+    key_added = key_added or imputed_key(method)
+    return run(
+        VERB,
         adata,
-        model,
-        layer=layer,
-        spatial_key=spatial_key,
+        method,
+        common={"genes": None if genes is None else list(genes), "scale": scale},
+        options=options,
+        write=_write,
+        key_added=key_added,
+        mod=mod,
+        copy=copy,
+        return_model=return_model,
+        reference=reference,
         group_key=group_key,
-        batch_key=batch_key,
+        sample_key=sample_key,
+        layer=layer,
+        reference_layer=reference_layer,
+        spatial_key=spatial_key,
+        model=model,
         max_epochs=max_epochs,
         model_kwargs=model_kwargs,
         train_kwargs=train_kwargs,
         seed=seed,
     )
-    imputed = model.get_imputed_expression(small, keep_observed=keep_observed)
-    adata.layers[key_added] = imputed
-    record(
-        adata,
-        "impute",
-        {
-            "method": method,
-            "layer": layer,
-            "key_added": key_added,
-            "spatial_key": spatial_key,
-            "group_key": group_key,
-            "keep_observed": keep_observed,
-            "max_epochs": max_epochs,
-            "model": model._model_summary_string,
-            **training_summary(model),
-        },
-    )
-    return adata if copy else None
 
 
-def _resolve_method(adata: AnnData, method: str | None, spatial_key: str) -> str:
-    if method is None:
-        if spatial_key in adata.obsm:
-            return "spaformer"
-        raise ValueError(
-            f"no method given and adata.obsm[{spatial_key!r}] is missing: SpaFormer needs spatial "
-            "coordinates; pass `spatial_key=` or `method=`."
-        )
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is not one of {METHODS}.")
-    return method
+def _write(adata: AnnData, result: Result, key: str) -> None:
+    """Every measured gene, in order: a layer; anything else: a DataFrame in ``obsm``."""
+    frame = result.values
+    if list(map(str, frame.columns)) == list(adata.var_names):
+        adata.layers[key] = frame.to_numpy(dtype=np.float32)
+    else:
+        adata.obsm[key] = frame.astype(np.float32)

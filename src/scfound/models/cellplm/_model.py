@@ -30,7 +30,7 @@ from scfound._utils import (
 )
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
-from .._base import SafeSaveMixin
+from ..base import SafeSaveMixin
 from ._module import DATASET_KEY, PERTURBED_KEY, SPATIAL_KEY, CellPLMModule
 
 logger = logging.getLogger(__name__)

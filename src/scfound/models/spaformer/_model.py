@@ -24,7 +24,7 @@ from scfound.nn import (
     random_walk_pe,
 )
 
-from .._base import SafeSaveMixin
+from ..base import SafeSaveMixin
 from ._module import GROUP_KEY, PE_FEATURES_KEY, SPATIAL_KEY, SpaFormerModule
 
 logger = logging.getLogger(__name__)

@@ -30,7 +30,7 @@ from scfound.data._paired_loader import (
 from scfound.nn._alignment import column_pearson, knn_softmax
 from scfound.pp import knn_smoothing_matrix
 
-from .._base import WEIGHTS_FILE, check_genes, read_model_meta, write_model
+from ..base._save import WEIGHTS_FILE, check_genes, read_model_meta, write_model
 from ._module import (
     REFERENCE_LABELS,
     REFERENCE_LIBRARY,

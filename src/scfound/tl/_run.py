@@ -1,0 +1,155 @@
+"""The four steps of every ``tl`` verb.
+
+Resolve the method, hand the work to its adapter, write the result to the place fixed for the
+verb, record the run.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from anndata import AnnData
+from mudata import MuData
+
+from scfound._utils import get_matrix, layer_name, record, resolve_group_key
+
+from ._methods import ADAPTERS, Inputs, Result, get_adapter
+
+#: the modality a verb reads from a MuData when ``mod`` is not given and it has several
+DEFAULT_MODALITY = "rna"
+
+#: entries of a count matrix looked at to tell counts from normalised values
+_SAMPLE_VALUES = 100_000
+
+
+def check_data(data: Any, name: str = "adata") -> None:
+    """Raise a ``TypeError`` unless ``data`` is an AnnData or a MuData."""
+    if not isinstance(data, AnnData | MuData):
+        raise TypeError(
+            f"expected an AnnData (or MuData) as `{name}`, got {type(data).__name__}. "
+            "Wrap a matrix or DataFrame first, e.g. anndata.AnnData(df)."
+        )
+
+
+def modality(data: AnnData | MuData, mod: str | None, name: str = "adata") -> AnnData:
+    """``data`` itself, or the modality ``mod`` of a MuData (default ``"rna"`` or its only one)."""
+    check_data(data, name)
+    if isinstance(data, AnnData):
+        if mod is not None:
+            raise ValueError(f"`mod={mod!r}` applies to a MuData; `{name}` is an AnnData.")
+        return data
+    mods = list(data.mod)
+    if mod is None:
+        if len(mods) == 1:
+            return data.mod[mods[0]]
+        if DEFAULT_MODALITY in data.mod:
+            return data.mod[DEFAULT_MODALITY]
+        raise ValueError(f"`{name}` is a MuData with modalities {mods}; pass `mod=` to pick one.")
+    if mod not in data.mod:
+        raise KeyError(f"modality {mod!r} not found in `{name}` (modalities: {mods}).")
+    return data.mod[mod]
+
+
+def warn_if_not_counts(adata: AnnData, layer: str | None, method: str) -> None:
+    """Warn when the matrix a count model reads holds non-integer (normalised) values."""
+    X = get_matrix(adata, layer)
+    if not (sp.issparse(X) or isinstance(X, np.ndarray)):
+        return  # on disk: the model checks it block by block
+    values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    values = values[:_SAMPLE_VALUES]
+    finite = values[np.isfinite(values)]
+    if finite.size and not np.allclose(finite, np.round(finite)):
+        what = "log-normalised" if finite.max() < 30 else "normalised"
+        warnings.warn(
+            f"{layer_name(layer)} holds non-integer values (max {finite.max():.3g}): they look "
+            f"{what}, but {method} expects raw counts. Pass `layer=` naming the raw counts "
+            "(e.g. layer='counts').",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
+def check_options(method: str, verb: str, options: dict[str, Any], common: tuple[str, ...]) -> None:
+    """Raise a ``TypeError`` naming each option that ``method`` does not know for ``verb``."""
+    known = ADAPTERS[method].options(verb, common)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listed = ", ".join(known) if known else "none"
+        raise TypeError(
+            f"tl.{verb}(method={method!r}) got unknown option(s) {unknown}; the options of "
+            f"{method!r} for tl.{verb} are: {listed}."
+        )
+
+
+def run(
+    verb: str,
+    data: AnnData | MuData,
+    method: str,
+    *,
+    common: dict[str, Any],
+    options: dict[str, Any],
+    write: Callable[[AnnData, Result, str], None],
+    key_added: str,
+    mod: str | None,
+    copy: bool,
+    return_model: bool,
+    reference: AnnData | MuData | None = None,
+    group_key: str | None = None,
+    sample_key: str | None = None,
+    record_params: dict[str, Any] | None = None,
+    **inputs: Any,
+) -> Any:
+    """Run ``verb`` with ``method``: the four steps, in one place for every verb.
+
+    ``common`` holds the verb's own arguments handed to the adapter (``genes``, ``scale``,
+    ``labels_key``), ``options`` the method-only ones (checked against the adapter's), ``inputs``
+    the fields of :class:`~scfound.tl._methods.Inputs`. Nothing is written before the adapter
+    has returned, so a failure leaves ``data`` as it was.
+    """
+    check_data(data)
+    if reference is not None:
+        check_data(reference, "reference")
+    adapter = get_adapter(method, verb)
+    check_options(method, verb, options, tuple(common))
+    if reference is not None and not adapter.uses_reference:
+        raise ValueError(
+            f"method {method!r} does not read a `reference`; drop reference= or pick a method "
+            f"that does: {[m for m, a in ADAPTERS.items() if a.uses_reference]}."
+        )
+    group_key = resolve_group_key(group_key, sample_key, f"tl.{verb}")
+    for name in ("model_kwargs", "train_kwargs"):
+        inputs[name] = dict(inputs.get(name) or {})
+    data = data.copy() if copy else data
+    adata = modality(data, mod)
+    ref = None if reference is None else modality(reference, mod, "reference")
+    if inputs.get("model") is None:
+        warn_if_not_counts(adata, inputs.get("layer"), adapter.model_class.__name__)
+    result = getattr(adapter, verb)(
+        Inputs(adata=adata, reference=ref, group_key=group_key, **inputs), **common, **options
+    )
+    write(adata, result, key_added)
+    from ._methods._minimal import summary
+
+    params = {
+        "method": method,
+        "key_added": key_added,
+        "layer": inputs.get("layer"),
+        "group_key": group_key,
+        "reference": reference is not None,
+        "max_epochs": inputs.get("max_epochs"),
+        "seed": inputs.get("seed"),
+        **{k: v for k, v in common.items() if not isinstance(v, list | tuple) or len(v) < 50},
+        **options,
+        **(record_params or {}),
+        **result.params,
+        **summary(result.model),
+    }
+    record(adata, verb, key_added, params)
+    out = data if copy else None
+    if return_model:
+        return (out, result.model) if copy else result.model
+    return out
