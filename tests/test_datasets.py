@@ -129,3 +129,19 @@ def test_synthetic_cell_types_have_distinct_programmes():
 def test_synthetic_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         synthetic_spatial(**kwargs)
+
+
+def test_osmfish_halves_split_cells_and_hold_out_genes():
+    query, reference = scfound.datasets.osmfish_halves(["Plp1", "Sox10"], seed=1)
+    osm = osmfish()
+    assert query.n_obs + reference.n_obs == osm.n_obs
+    assert not set(query.obs_names) & set(reference.obs_names)
+    assert {"Plp1", "Sox10"} & set(query.var_names) == set()
+    assert list(reference.var_names) == list(osm.var_names)
+    assert "spatial" in query.obsm and "spatial" not in reference.obsm
+    assert "cell_type" not in query.obs and "cell_type" in reference.obs
+    held = query.obsm["held_out"]
+    truth = osm[query.obs_names].obs_vector("Plp1", layer="counts")
+    np.testing.assert_array_equal(held["Plp1"].to_numpy(), truth)
+    with pytest.raises(ValueError, match="not in the osmFISH panel"):
+        scfound.datasets.osmfish_halves(["Mbp"])

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from matplotlib.figure import Figure
 
-from scfound import metrics, pl
+from scfound import _keys, metrics, pl
 
 GENES = ["g0", "g1", "g2", "g3", "g4", "g5"]
 
@@ -207,6 +207,94 @@ def test_imputed_genes_from_obsm_errors(adata_obsm):
         pl.imputed_genes(adata_obsm, "Mbp", imputed_key="stai_imputed", show=False)
 
 
+# ------------------------------------------------------------------ imputed_genes by method
+def _record(adata: AnnData, verb: str, key_added: str, method: str, **extra) -> None:
+    """A run record as the tl verbs write it, ``uns['scfound'][verb][key_added]``."""
+    runs = adata.uns.setdefault("scfound", {}).setdefault(verb, {})
+    runs[key_added] = {"method": method, "key_added": key_added, **extra}
+
+
+def _shown(ax) -> np.ndarray:
+    return np.sort(np.asarray(ax.collections[-1].get_array()))
+
+
+def test_imputed_genes_default_method_is_the_latest_impute_run(adata_obsm):
+    # nothing recorded: SpaFormer's layer
+    fig = pl.imputed_genes(adata_obsm, "g1", normalize=False, show=False)
+    np.testing.assert_allclose(
+        _shown(fig.axes[1]), np.sort(adata_obsm.layers["spaformer_imputed"][:, 1])
+    )
+    _record(adata_obsm, "impute", "spaformer_imputed", "spaformer")
+    _record(adata_obsm, "impute", "stai_imputed", "stai")
+    # the latest run (stAI) wrote obsm["stai_imputed"]: Mbp is found there
+    fig = pl.imputed_genes(adata_obsm, ["g1", "Mbp"], show=False)
+    assert fig.axes[2].get_title() == "Mbp: imputed (not measured)"
+    np.testing.assert_allclose(_shown(fig.axes[1]), np.sort(adata_obsm.obsm["stai_imputed"]["g1"]))
+    # an explicit method, or explicit keys, win over the records
+    fig = pl.imputed_genes(adata_obsm, "g1", method="spaformer", normalize=False, show=False)
+    np.testing.assert_allclose(
+        _shown(fig.axes[1]), np.sort(adata_obsm.layers["spaformer_imputed"][:, 1])
+    )
+    fig = pl.imputed_genes(
+        adata_obsm, "g1", imputed_layer="spaformer_imputed", normalize=False, show=False
+    )
+    np.testing.assert_allclose(
+        _shown(fig.axes[1]), np.sort(adata_obsm.layers["spaformer_imputed"][:, 1])
+    )
+    with pytest.raises(ValueError, match="not both"):
+        pl.imputed_genes(
+            adata_obsm, "g1", imputed_layer="spaformer_imputed", imputed_key="stai_imputed"
+        )
+
+
+def test_imputed_genes_follows_the_recorded_key_added(adata):
+    adata.layers["second_run"] = adata.layers["spaformer_imputed"] * 2
+    _record(adata, "impute", "spaformer_imputed", "spaformer")
+    _record(adata, "impute", "second_run", "spaformer")
+    for method in (None, "spaformer"):
+        fig = pl.imputed_genes(adata, "g2", method=method, normalize=False, show=False)
+        np.testing.assert_allclose(_shown(fig.axes[1]), np.sort(adata.layers["second_run"][:, 2]))
+    # a recorded result that was deleted since falls back to the naming rule
+    del adata.layers["second_run"]
+    fig = pl.imputed_genes(adata, "g2", normalize=False, show=False)
+    np.testing.assert_allclose(
+        _shown(fig.axes[1]), np.sort(adata.layers["spaformer_imputed"][:, 2])
+    )
+
+
+def test_imputed_genes_reads_the_former_single_record(adata_obsm):
+    adata_obsm.uns["scfound"] = {"impute": {"method": "stai", "key_added": "stai_imputed"}}
+    fig = pl.imputed_genes(adata_obsm, "Mog", show=False)
+    assert fig.axes[0].get_title() == "Mog: imputed (not measured)"
+
+
+def test_imputed_genes_missing_method(adata):
+    with pytest.raises(KeyError, match=r"method 'cellplm'.*'cellplm_imputed'.*tl\.impute"):
+        pl.imputed_genes(adata, "g0", method="cellplm", show=False)
+
+
+def test_imputed_genes_scores_in_titles_and_figure_title(adata, tmp_path):
+    mask = adata.layers["mask"]
+    scores = metrics.per_gene_scores(
+        adata.layers["counts"], adata.layers["spaformer_imputed"], mask, gene_names=GENES
+    )
+    path = tmp_path / "scored.png"
+    fig = pl.imputed_genes(
+        adata, ["g0", "g4"], scores=scores, title="osmFISH, SpaFormer", save=path, show=False
+    )
+    titles = [ax.get_title() for ax in fig.axes[:4]]
+    for gene, title in zip(["g0", "g4"], titles[1::2], strict=True):
+        assert title.startswith("imputed\n")
+        assert f"PCC {scores.at[gene, 'pcc']:.3f}" in title
+        assert f"RMSE {scores.at[gene, 'rmse']:.3f}" in title
+    assert titles[0] == "g0: measured"
+    assert fig.get_suptitle() == "osmFISH, SpaFormer"
+    assert _png_ok(path)
+    # a gene without a score keeps the plain title
+    fig = pl.imputed_genes(adata, "g1", scores=scores.drop(index="g1"), show=False)
+    assert fig.axes[1].get_title() == "imputed"
+
+
 # ------------------------------------------------------------------ annotation
 @pytest.fixture
 def labelled() -> AnnData:
@@ -266,6 +354,34 @@ def test_annotation_errors(labelled):
         pl.annotation(labelled, "celltype", show=False)
     with pytest.raises(TypeError, match="AnnData"):
         pl.annotation(np.zeros(3), "celltype", show=False)
+
+
+def test_annotation_by_method(labelled):
+    rng = np.random.default_rng(5)
+    truth = labelled.obs["celltype"].astype(str).to_numpy()
+    labelled.obs["cellplm_prediction"] = pd.Categorical(
+        np.where(rng.random(labelled.n_obs) < 0.5, truth, "Astro")
+    )
+    labelled.obs["cellplm_confidence"] = rng.random(labelled.n_obs)
+    accuracy = {
+        m: (labelled.obs[f"{m}_prediction"].astype(str).to_numpy() == truth).mean()
+        for m in ("stai", "cellplm")
+    }
+    # two prediction columns and no record: the method must be named
+    with pytest.raises(KeyError, match=r"several prediction columns.*method="):
+        pl.annotation(labelled, "celltype", show=False)
+    fig = pl.annotation(labelled, "celltype", method="cellplm", show=False)
+    assert f"accuracy {accuracy['cellplm']:.3f}" in fig.get_suptitle()
+    assert fig.axes[0].get_xlabel() == "predicted (cellplm_prediction)"
+    # the latest annotate run is the default
+    _record(labelled, "annotate", "stai", "stai")
+    fig = pl.annotation(labelled, "celltype", show=False)
+    assert f"accuracy {accuracy['stai']:.3f}" in fig.get_suptitle()
+    # an explicit column still wins
+    fig = pl.annotation(labelled, "celltype", "cellplm_prediction", show=False)
+    assert f"accuracy {accuracy['cellplm']:.3f}" in fig.get_suptitle()
+    with pytest.raises(KeyError, match=r"'scvi_prediction'.*tl\.annotate"):
+        pl.annotation(labelled, "celltype", method="scvi", show=False)
 
 
 # ------------------------------------------------------------------ gene_scores
@@ -367,3 +483,50 @@ def test_training_curves_errors():
         pl.training_curves(Untrained(), show=False)
     with pytest.raises(ValueError, match="nothing to plot"):
         pl.training_curves({"elbo_train": pd.DataFrame({"elbo_train": [1.0]})}, show=False)
+
+
+# ------------------------------------------------------------------ naming rules (scfound._keys)
+def test_key_naming_rules():
+    assert _keys.imputed_key("spaformer") == "spaformer_imputed"
+    assert _keys.denoised_key("cellplm") == "cellplm_denoised"
+    assert _keys.embedding_key("cellplm") == "X_cellplm"
+    assert _keys.gene_embedding_key("exprtf") == "X_exprtf"
+    assert _keys.prediction_key("stai") == "stai_prediction"
+    assert _keys.confidence_key("stai") == "stai_confidence"
+    assert _keys.probabilities_key("stai") == "stai_probabilities"
+    assert _keys.modality_key("scmognn", "protein") == "scmognn_protein"
+    assert _keys.matching_key("scmognn") == "scmognn_matching"
+    with pytest.raises(ValueError, match="non-empty string"):
+        _keys.imputed_key("")
+
+
+def test_run_records_order_and_lookup(adata):
+    assert _keys.runs(adata, "impute") == {}
+    assert _keys.latest_run(adata, "impute") is None
+    assert _keys.default_method(adata, "impute") == "spaformer"
+    with pytest.raises(ValueError, match="method="):
+        _keys.default_method(adata, "embed")
+    _record(adata, "impute", "b_run", "stai", time="2026-01-02T00:00:00")
+    _record(adata, "impute", "a_run", "spaformer", time="2026-01-01T00:00:00")
+    # time stamps order the runs (h5ad does not keep the order of a dict)
+    assert list(_keys.runs(adata, "impute")) == ["a_run", "b_run"]
+    assert _keys.latest_run(adata, "impute")[0] == "b_run"
+    assert _keys.latest_run(adata, "impute", "spaformer")[0] == "a_run"
+    assert _keys.default_method(adata, "impute") == "stai"
+    adata.layers["a_run"] = adata.layers["spaformer_imputed"]
+    assert _keys.find_imputed(adata, "spaformer") == ("layers", "a_run")
+    with pytest.raises(KeyError, match="'b_run' or 'stai_imputed'"):
+        _keys.find_imputed(adata)
+
+
+def test_find_embedding_and_prediction(adata):
+    adata.obsm["X_cellplm"] = np.zeros((adata.n_obs, 2))
+    assert _keys.find_embedding(adata, "cellplm") == "X_cellplm"
+    with pytest.raises(KeyError, match="'X_stai'"):
+        _keys.find_embedding(adata, "stai")
+    _record(adata, "embed", "X_cellplm", "cellplm")
+    assert _keys.find_embedding(adata) == "X_cellplm"
+    adata.obs["stai_prediction"] = "a"
+    assert _keys.find_prediction(adata) == ("stai_prediction", None)
+    adata.obs["stai_confidence"] = 1.0
+    assert _keys.find_prediction(adata.obs, "stai") == ("stai_prediction", "stai_confidence")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -135,7 +136,9 @@ def record(adata: AnnData, verb: str, key_added: str, params: dict[str, Any]) ->
     record; a run under the same ``key_added`` replaces it (as it replaces the result).
     """
     runs = adata.uns.setdefault(UNS_KEY, {}).setdefault(verb, {})
-    runs[key_added] = {k: _uns_safe(v) for k, v in params.items()}
+    runs.pop(key_added, None)  # a rerun moves to the end: the latest run is the last one
+    stamp = datetime.now(UTC).isoformat(timespec="microseconds")
+    runs[key_added] = {**{k: _uns_safe(v) for k, v in params.items()}, "time": stamp}
 
 
 def resolve_group_key(group_key: str | None, sample_key: str | None, where: str) -> str | None:
@@ -229,3 +232,42 @@ def check_genes_present(genes: Sequence[str], available: Sequence[str], where: s
             + "."
         )
     return genes
+
+
+def record_group_key(setup_method_args: dict[str, Any], group_key: str | None) -> None:
+    """Record the resolved ``group_key`` in a model's registry, never the deprecated ``sample_key``.
+
+    Parameters
+    ----------
+    setup_method_args
+        What ``BaseModelClass._get_setup_method_args(**locals())`` returned in ``setup_anndata``;
+        changed in place.
+    group_key
+        The ``group_key`` that :func:`resolve_group_key` returned.
+    """
+    args = setup_method_args["setup_args"]
+    args.pop("sample_key", None)
+    args["group_key"] = group_key
+
+
+def renamed_setup_args(setup_args: dict[str, Any]) -> dict[str, Any]:
+    """``setup_anndata`` arguments saved with a model, under their current names.
+
+    Models saved before ``sample_key`` became ``group_key`` recorded ``sample_key``; loading them
+    with these arguments neither fails nor warns.
+
+    Parameters
+    ----------
+    setup_args
+        The saved arguments (not changed).
+
+    Returns
+    -------
+    A new dictionary.
+    """
+    args = dict(setup_args)
+    if "sample_key" in args:
+        sample_key = args.pop("sample_key")
+        if args.get("group_key") is None:
+            args["group_key"] = sample_key
+    return args

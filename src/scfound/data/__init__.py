@@ -13,7 +13,6 @@ from ._paired_loader import (
     PairedDataModule,
     PairedStepSampler,
     block_edges,
-    knn_adjacency,
     spatial_blocks,
 )
 
@@ -27,7 +26,6 @@ __all__ = [
     "block_edges",
     "group_chunks",
     "group_loader",
-    "knn_adjacency",
     "spatial_blocks",
     "split_groups",
 ]

@@ -17,7 +17,7 @@ import torch
 from scvi.data import AnnDataManager
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-CELL_INDEX_KEY = "cell_index"
+from scfound._constants import CELL_INDEX_KEY
 
 
 def group_chunks(

@@ -4,7 +4,8 @@ A training step of a two-dataset model such as stAI sees a spatially contiguous 
 spatial cells, with the neighbour graph restricted to the block, and a random draw of reference
 cells. Blocks cut each sample (slice) by recursive median bisection, so they hold at most
 ``max_cells`` cells, never mix samples and keep most neighbours of a cell in its block. Memory
-per step is then bounded whatever the size of either dataset.
+per step is then bounded whatever the size of either dataset. The neighbour graph itself is
+:func:`scfound.nn.knn_adjacency`.
 """
 
 from __future__ import annotations
@@ -15,46 +16,9 @@ import lightning.pytorch as pl
 import numpy as np
 import scipy.sparse as sp
 import torch
-from scipy.spatial import cKDTree
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 Step = tuple[np.ndarray, np.ndarray]
-
-
-def knn_adjacency(coords: np.ndarray, n_neighbors: int, samples: np.ndarray) -> sp.csr_matrix:
-    """Symmetric k-nearest-neighbour adjacency within each sample, without self-loops.
-
-    Parameters
-    ----------
-    coords
-        ``(n, 2)`` coordinates.
-    n_neighbors
-        Neighbours per cell (capped at the sample size minus one).
-    samples
-        Sample code per cell; no edge joins two samples (slices may share coordinates).
-
-    Returns
-    -------
-    ``(n, n)`` binary CSR matrix.
-    """
-    rows, cols = [], []
-    for code in np.unique(samples):
-        cells = np.flatnonzero(samples == code)
-        k = min(n_neighbors, len(cells) - 1)
-        if k < 1:
-            continue
-        _, idx = cKDTree(coords[cells]).query(coords[cells], k=k + 1)
-        rows.append(np.repeat(cells, k))
-        cols.append(cells[idx[:, 1:]].ravel())
-    n = len(coords)
-    if not rows:
-        return sp.csr_matrix((n, n), dtype=np.float32)
-    r, c = np.concatenate(rows), np.concatenate(cols)
-    adj = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(n, n))
-    adj = ((adj + adj.T) > 0).astype(np.float32)
-    adj.setdiag(0)
-    adj.eliminate_zeros()
-    return adj.tocsr()
 
 
 def block_edges(adjacency: sp.csr_matrix, cells: np.ndarray) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Datasets: small real spatial datasets shipped with the package and synthetic generators."""
 
-from ._real import cosmx_lung12_mini, osmfish
+from ._real import cosmx_lung12_mini, osmfish, osmfish_halves
 from ._synthetic import synthetic_spatial
 
-__all__ = ["cosmx_lung12_mini", "osmfish", "synthetic_spatial"]
+__all__ = ["cosmx_lung12_mini", "osmfish", "osmfish_halves", "synthetic_spatial"]

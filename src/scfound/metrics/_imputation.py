@@ -8,6 +8,7 @@ import scipy.sparse as sp
 from scipy.special import rel_entr
 from scipy.stats import rankdata
 
+from .._normalize import library_size, log_normalize
 from .._utils import check_expression, to_dense
 
 # Entries converted to dense per block, to bound memory on large matrices.
@@ -24,7 +25,8 @@ GeneNames = list[str] | np.ndarray | pd.Index
 def normalize_log1p(X: Matrix, target_sum: float) -> np.ndarray:
     """Scale every cell to ``target_sum`` total counts, then apply ``log1p``.
 
-    Cells with zero total stay zero.
+    Cells with zero total stay zero. This is the normalisation of every imputation metric of
+    scfound, as a dense ``float64`` array.
 
     Parameters
     ----------
@@ -46,25 +48,12 @@ def normalize_log1p(X: Matrix, target_sum: float) -> np.ndarray:
            [0.        , 0.        ]])
     """
     _check_target_sum(target_sum)
-    X = to_dense(X, np.float64)
-    return _normalize_rows(X, X.sum(axis=1), target_sum)
-
-
-def _normalize_rows(X: np.ndarray, totals: np.ndarray, target_sum: float) -> np.ndarray:
-    """``log1p`` of dense ``X`` scaled row-wise by ``target_sum / totals`` (0 for empty rows)."""
-    scale = np.divide(
-        target_sum, totals, out=np.zeros(len(totals), dtype=np.float64), where=totals > 0
-    )
-    return np.log1p(X * scale[:, None])
+    return log_normalize(to_dense(X, np.float64), target_sum)
 
 
 def _check_target_sum(target_sum: float) -> None:
     if not (np.isfinite(target_sum) and target_sum > 0):
         raise ValueError(f"`target_sum` must be a positive number, got {target_sum!r}.")
-
-
-def _row_totals(X: Matrix) -> np.ndarray:
-    return np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
 
 
 def _as_matrix(X: Matrix) -> Matrix:
@@ -168,8 +157,8 @@ def imputation_scores(
     n_masked = int(mask.sum())
     if n_masked == 0:
         raise ValueError("`mask` holds no True entries; nothing to score.")
-    truth_totals = _row_totals(truth)
-    imputed_totals = _row_totals(imputed)
+    truth_totals = library_size(truth, np.float64)
+    imputed_totals = library_size(imputed, np.float64)
     target_sum = _default_target_sum(truth_totals, target_sum)
 
     # Streamed over row blocks; per-block moments merged with Chan et al.'s formulas.
@@ -184,8 +173,8 @@ def imputation_scores(
             continue
         t = to_dense(truth[rows], np.float64)
         p = to_dense(imputed[rows], np.float64)
-        t = _normalize_rows(t, truth_totals[rows], target_sum)[sel]
-        p = _normalize_rows(p, imputed_totals[rows], target_sum)[sel]
+        t = log_normalize(t, target_sum, library=truth_totals[rows])[sel]
+        p = log_normalize(p, target_sum, library=imputed_totals[rows])[sel]
         sq_err += float(np.sum((p - t) ** 2))
         dot += float(p @ t)
         sq_t += float(t @ t)
@@ -263,8 +252,8 @@ def per_gene_scores(
     _check_inputs(truth, imputed, mask)
     n_obs, n_vars = truth.shape
     index = _gene_index(gene_names, n_vars)
-    truth_totals = _row_totals(truth)
-    imputed_totals = _row_totals(imputed)
+    truth_totals = library_size(truth, np.float64)
+    imputed_totals = library_size(imputed, np.float64)
     target_sum = _default_target_sum(truth_totals, target_sum)
     if sp.issparse(truth):
         truth = sp.csc_matrix(truth)
@@ -278,8 +267,10 @@ def per_gene_scores(
     block = max(1, _BLOCK_ENTRIES // max(n_obs, 1))
     for start in range(0, n_vars, block):
         cols = slice(start, min(start + block, n_vars))
-        t = _normalize_rows(to_dense(truth[:, cols], np.float64), truth_totals, target_sum)
-        p = _normalize_rows(to_dense(imputed[:, cols], np.float64), imputed_totals, target_sum)
+        t = log_normalize(to_dense(truth[:, cols], np.float64), target_sum, library=truth_totals)
+        p = log_normalize(
+            to_dense(imputed[:, cols], np.float64), target_sum, library=imputed_totals
+        )
         sel = np.ones_like(t, dtype=bool) if mask is None else to_dense(mask[:, cols], bool)
         n = sel.sum(axis=0)
         with np.errstate(divide="ignore", invalid="ignore"):

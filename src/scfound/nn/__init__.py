@@ -1,9 +1,19 @@
-"""Shared torch building blocks: linear attention, positional encodings, graph layers, decoders."""
+"""Shared torch building blocks: attention, positional encodings, graphs, decoders, scaling."""
 
 from ._attention import LinearAttention, TransformerEncoder, TransformerLayer
 from ._decoders import MLPDecoder, ZINBDecoder, nb_nll, zinb_nll
 from ._flowformer import FlowAttention, FlowformerEncoder, FlowformerLayer, flow_attention
-from ._graph import GATConv, GATEncoder, GINConv, knn_graph, laplacian_eigenvectors, random_walk_pe
+from ._graph import (
+    GATConv,
+    GATEncoder,
+    GINConv,
+    knn_adjacency,
+    knn_graph,
+    knn_indices,
+    laplacian_eigenvectors,
+    random_walk_pe,
+)
+from ._normalize import log_normalize
 from ._positional import (
     POSITIONAL_ENCODINGS,
     CondPE,
@@ -29,8 +39,11 @@ __all__ = [
     "TransformerLayer",
     "ZINBDecoder",
     "flow_attention",
+    "knn_adjacency",
     "knn_graph",
+    "knn_indices",
     "laplacian_eigenvectors",
+    "log_normalize",
     "nb_nll",
     "normalize_coords",
     "positional_encoding",

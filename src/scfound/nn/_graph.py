@@ -1,7 +1,11 @@
-"""Spatial graphs and graph layers in pure torch (no DGL, no torch-geometric extensions).
+"""k-nearest-neighbour graphs and graph layers in pure torch (no DGL, no torch-geometric).
 
 Graphs are ``(2, n_edges)`` ``edge_index`` tensors with rows ``(source, target)``: a message flows
 from ``source`` to ``target``. Self-loops are included where a layer needs them.
+
+Every k-NN graph of scfound is built here: :func:`knn_graph` on tensors, inside a model's step
+(on the step's device); :func:`knn_indices` (exact) for graphs built once from numpy arrays, such
+as :func:`knn_adjacency` and :func:`scfound.pp.knn_smoothing_matrix`.
 """
 
 from __future__ import annotations
@@ -10,8 +14,13 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.sparse.linalg import eigsh
+from scipy.spatial import cKDTree
+from sklearn.neighbors import NearestNeighbors
 from torch import nn
 from torch.nn import functional as F
+
+#: most dimensions of points searched with a k-d tree by :func:`knn_indices`
+KD_TREE_MAX_DIM = 3
 
 
 def knn_graph(coords: torch.Tensor, n_neighbors: int, chunk_size: int = 4096) -> torch.Tensor:
@@ -49,6 +58,90 @@ def knn_graph(coords: torch.Tensor, n_neighbors: int, chunk_size: int = 4096) ->
     edges = torch.cat([torch.stack([src, dst]), torch.stack([dst, src])], dim=1)
     edges = torch.unique(edges, dim=1)
     return torch.cat([edges, self_loops], dim=1)
+
+
+def knn_indices(
+    points: np.ndarray, n_neighbors: int, *, include_self: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest points of every point (exact, Euclidean).
+
+    Coordinates (at most :data:`KD_TREE_MAX_DIM` dimensions) are searched with scipy's k-d tree;
+    more dimensions (e.g. principal components) with scikit-learn's
+    :class:`~sklearn.neighbors.NearestNeighbors`, which uses BLAS there and is much faster.
+
+    Parameters
+    ----------
+    points
+        ``(n, d)`` coordinates (spatial positions, principal components, ...).
+    n_neighbors
+        Neighbours per point, capped at ``n - 1`` other points (``n`` with ``include_self``).
+    include_self
+        Count the point itself among its neighbours. Either way a point is never confused with
+        another point at the same position.
+
+    Returns
+    -------
+    ``(indices, distances)``, both ``(n, k)``, each row sorted by distance (with
+    ``include_self``, the point itself is first when the search did not find it).
+    """
+    points = np.asarray(points)
+    n = len(points)
+    k = min(int(n_neighbors), n if include_self else n - 1)
+    if k < 1:
+        return np.zeros((n, 0), dtype=np.int64), np.zeros((n, 0))
+    n_query = k if include_self else k + 1
+    if points.ndim == 2 and points.shape[1] <= KD_TREE_MAX_DIM:
+        dist, idx = cKDTree(points).query(points, k=n_query)
+    else:
+        dist, idx = NearestNeighbors(n_neighbors=n_query).fit(points).kneighbors(points)
+    dist, idx = dist.reshape(n, n_query), idx.reshape(n, n_query)
+    own = idx == np.arange(n)[:, None]
+    missing = ~own.any(axis=1)  # other points at distance 0 came first
+    if include_self:
+        idx[missing] = np.c_[np.flatnonzero(missing), idx[missing, :-1]]
+        dist[missing] = np.c_[np.zeros(missing.sum()), dist[missing, :-1]]
+        return idx, dist
+    own[missing, -1] = True
+    return idx[~own].reshape(n, k), dist[~own].reshape(n, k)
+
+
+def knn_adjacency(
+    coords: np.ndarray, n_neighbors: int, groups: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """Symmetric k-nearest-neighbour adjacency within each group, without self-loops.
+
+    Parameters
+    ----------
+    coords
+        ``(n, 2)`` coordinates.
+    n_neighbors
+        Neighbours per cell (capped at the group size minus one).
+    groups
+        Group code per cell (slices, fields of view); no edge joins two groups, so groups may
+        share coordinates. ``None``: one group.
+
+    Returns
+    -------
+    ``(n, n)`` binary CSR matrix (``float32``).
+    """
+    n = len(coords)
+    groups = np.zeros(n, dtype=np.int64) if groups is None else np.asarray(groups)
+    rows, cols = [], []
+    for code in np.unique(groups):
+        cells = np.flatnonzero(groups == code)
+        idx, _ = knn_indices(coords[cells], n_neighbors)
+        if idx.shape[1] == 0:
+            continue
+        rows.append(np.repeat(cells, idx.shape[1]))
+        cols.append(cells[idx].ravel())
+    if not rows:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    adj = sp.csr_matrix((np.ones(len(r), dtype=np.float32), (r, c)), shape=(n, n))
+    adj = ((adj + adj.T) > 0).astype(np.float32)
+    adj.setdiag(0)
+    adj.eliminate_zeros()
+    return adj.tocsr()
 
 
 def scatter_softmax(scores: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:

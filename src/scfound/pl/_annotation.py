@@ -11,6 +11,7 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
+from scfound._keys import find_prediction
 from scfound.metrics import annotation_scores, per_class_scores
 
 from ._utils import finish_figure
@@ -23,8 +24,9 @@ CELL_SIZE = 0.45
 def annotation(
     adata: AnnData | pd.DataFrame,
     truth_key: str,
-    prediction_key: str = "stai_prediction",
+    prediction_key: str | None = None,
     *,
+    method: str | None = None,
     normalize: bool = True,
     cmap: str = "Blues",
     show: bool | None = None,
@@ -46,7 +48,11 @@ def annotation(
     truth_key
         Column with the true label of each cell.
     prediction_key
-        Column with the predicted label of each cell, e.g. written by a model's annotation.
+        Column with the predicted label of each cell; overrides ``method``.
+    method
+        Method (or ``key_added`` of :func:`scfound.tl.annotate`) whose labels to show, read from
+        ``obs["<method>_prediction"]``. Default: the latest ``annotate`` run recorded in
+        ``adata.uns["scfound"]``, else the one column whose name ends in ``"_prediction"``.
     normalize
         Divide every row by the number of cells of its true class, so that the diagonal is the
         recall of each class; ``False`` shows numbers of cells.
@@ -65,7 +71,7 @@ def annotation(
     Raises
     ------
     KeyError
-        If a column is missing.
+        If a column is missing, or the predictions cannot be found from ``method``.
     ValueError
         If labels are missing or there are no cells.
 
@@ -86,6 +92,8 @@ def annotation(
         raise TypeError(
             f"adata must be an AnnData or a DataFrame of labels, got {type(adata).__name__}."
         )
+    if prediction_key is None:
+        prediction_key, _ = find_prediction(adata, method)
     for argument, key in (("truth_key", truth_key), ("prediction_key", prediction_key)):
         if key not in obs.columns:
             raise KeyError(

@@ -15,6 +15,8 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
+from scfound._keys import find_imputed
+from scfound._normalize import library_size, log_normalize
 from scfound._utils import get_matrix, get_spatial, layer_name, to_dense
 
 from ._utils import finish_figure
@@ -27,12 +29,15 @@ def imputed_genes(
     adata: AnnData,
     genes: str | Sequence[str],
     *,
+    method: str | None = None,
     measured_layer: str | None = "counts",
-    imputed_layer: str = "spaformer_imputed",
+    imputed_layer: str | None = None,
     imputed_key: str | None = None,
     spatial_key: str = "spatial",
     mask_layer: str | None = None,
     normalize: bool = True,
+    scores: pd.DataFrame | None = None,
+    title: str | None = None,
     point_size: float | None = None,
     cmap: str = "viridis",
     ncols: int | None = None,
@@ -45,12 +50,16 @@ def imputed_genes(
     values, the imputed values and, when ``mask_layer`` is given, the measured values at the
     entries held out for evaluation only (the other cells in grey).
 
-    With ``imputed_key``, the imputed values come from a DataFrame in ``adata.obsm`` instead, such
-    as the genes a dataset does not measure imputed from a reference (``obsm["stai_imputed"]``,
-    one column per gene). A gene that is also in ``adata.var_names`` keeps its measured (and
-    held-out) panels; a gene that is not measured gets only the panel "<gene>: imputed (not
-    measured)". These values are on the scale of the method's output (e.g. the reference's
-    log-normalised expression), so they are shown as stored, with a colour scale of their own;
+    The imputation is found from ``method`` by the naming rules of :func:`scfound.tl.impute`:
+    ``layers["<method>_imputed"]`` for measured genes, else ``obsm["<method>_imputed"]``.
+    ``imputed_layer`` or ``imputed_key`` name the place explicitly instead.
+
+    From ``obsm``, the imputed values come from a DataFrame, such as the genes a dataset does not
+    measure imputed from a reference (``obsm["stai_imputed"]``, one column per gene). A gene
+    that is also in ``adata.var_names`` keeps its measured (and held-out) panels; a gene that is
+    not measured gets only the panel "<gene>: imputed (not measured)". These values are on the
+    scale of the method's output (e.g. the reference's log-normalised expression), so they are
+    shown as stored, with a colour scale of their own;
     ``normalize`` applies to the measured values only.
 
     Parameters
@@ -58,16 +67,21 @@ def imputed_genes(
     adata
         Annotated data matrix with coordinates in ``adata.obsm[spatial_key]``.
     genes
-        A gene name or a list of names from ``adata.var_names`` or, with ``imputed_key``, from
-        the columns of ``adata.obsm[imputed_key]``.
+        A gene name or a list of names from ``adata.var_names`` or, for an imputation in
+        ``obsm``, from the columns of its DataFrame.
+    method
+        Method whose imputation to show (``"spaformer"``, ``"cellplm"``, ``"stai"``, or the
+        ``key_added`` of an :func:`scfound.tl.impute` call); default the method of the latest
+        ``impute`` run recorded in ``adata.uns["scfound"]``, else ``"spaformer"``. Not used when
+        ``imputed_layer`` or ``imputed_key`` is given.
     measured_layer
         Layer with the measured expression (``None`` for ``adata.X``).
     imputed_layer
-        Layer with the imputed expression, e.g. written by :func:`scfound.tl.impute`. Not used
-        when ``imputed_key`` is given.
+        Layer with the imputed expression, e.g. ``"spaformer_imputed"``; overrides ``method``.
     imputed_key
         Key of a :class:`~pandas.DataFrame` in ``adata.obsm`` (cells x imputed genes, gene names
-        as columns) to read the imputed values from, e.g. ``"stai_imputed"``.
+        as columns) to read the imputed values from, e.g. ``"stai_imputed"``; overrides
+        ``method``.
     spatial_key
         Key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
     mask_layer
@@ -77,6 +91,12 @@ def imputed_genes(
         Show ``log1p`` of per-cell normalised values: each matrix is scaled so that every cell
         sums to the median total of that matrix over all genes. ``False`` shows the layers as
         they are (e.g. when the imputation is already log-normalised).
+    scores
+        Per-gene scores, a DataFrame indexed by gene such as
+        :func:`scfound.metrics.per_gene_scores` returns; its ``pcc``, ``scc`` and ``rmse`` values
+        of a gene are added to the title of its imputed panel.
+    title
+        Title of the whole figure.
     point_size
         Marker size; default scales with the number of cells.
     cmap
@@ -97,11 +117,12 @@ def imputed_genes(
     Raises
     ------
     KeyError
-        If genes, layers, ``adata.obsm[imputed_key]`` or the coordinates are missing.
+        If genes, layers, the imputation or the coordinates are missing.
     TypeError
         If ``adata.obsm[imputed_key]`` is not a DataFrame.
     ValueError
-        If values are not finite, negative with ``normalize=True``, or the mask is not boolean.
+        If values are not finite, negative with ``normalize=True``, the mask is not boolean, or
+        both ``imputed_layer`` and ``imputed_key`` are given.
 
     Examples
     --------
@@ -109,12 +130,22 @@ def imputed_genes(
     >>> adata = sf.datasets.osmfish()
     >>> sf.pp.spatial_tiles(adata, n_tiles=16)
     >>> sf.tl.impute(adata, layer="counts", group_key="spatial_tile")
-    >>> sf.pl.imputed_genes(adata, ["Gad2", "Rorb"])
+    >>> sf.pl.imputed_genes(adata, ["Gad2", "Rorb"])  # finds layers["spaformer_imputed"]
 
     Genes imputed from a reference, measured (``Gad2``) or not (``Mbp``):
 
-    >>> sf.pl.imputed_genes(adata, ["Gad2", "Mbp"], imputed_key="stai_imputed")
+    >>> sf.pl.imputed_genes(adata, ["Gad2", "Mbp"], method="stai")  # obsm["stai_imputed"]
     """
+    if imputed_layer is not None and imputed_key is not None:
+        raise ValueError(
+            "pass either imputed_layer= (a layer) or imputed_key= (a DataFrame in obsm), not both."
+        )
+    if imputed_layer is None and imputed_key is None:
+        where, key = find_imputed(adata, method)
+        if where == "layers":
+            imputed_layer = key
+        else:
+            imputed_key = key
     genes = [genes] if isinstance(genes, str) else list(genes)
     if not genes:
         raise ValueError("`genes` is empty; pass at least one gene name.")
@@ -170,26 +201,26 @@ def imputed_genes(
             m = measured[:, column[k]]
             panels = [
                 (0, m, f"{gene}: measured", "measured"),
-                (1, imputed[:, k], "imputed", "imputed"),
+                (1, imputed[:, k], "imputed" + _score_text(scores, gene), "imputed"),
             ]
             if held_out is not None:
                 held = np.where(held_out[:, column[k]], m, np.nan)
                 panels.append((2, held, "measured (held-out entries)", "measured"))
         else:
-            title = f"{gene}: imputed (not measured)"
-            panels = [(min(1, n_panels - 1), imputed[:, k], title, "imputed")]
+            heading = f"{gene}: imputed (not measured)" + _score_text(scores, gene)
+            panels = [(min(1, n_panels - 1), imputed[:, k], heading, "imputed")]
         if imputed_key is None:
             # layers of the same kind: one colour scale per gene
-            panels = [(slot, values, title, "shared") for slot, values, title, _ in panels]
+            panels = [(slot, values, head, "shared") for slot, values, head, _ in panels]
         limits = {
             scale: _limits([values for _, values, _, s in panels if s == scale])
             for scale in {scale for *_, scale in panels}
         }
         drawn = []
-        for slot, values, title, scale in panels:
+        for slot, values, heading, scale in panels:
             ax = group[slot]
             mappable = _scatter(ax, coords, values, size, cmap, *limits[scale])
-            ax.set_title(title, fontsize="medium")
+            ax.set_title(heading, fontsize="medium")
             drawn.append((ax, mappable, labels[scale]))
         used = {slot for slot, *_ in panels}
         for slot, ax in enumerate(group):
@@ -202,7 +233,29 @@ def imputed_genes(
                 fig.colorbar(mappable, ax=ax, shrink=0.8, label=label)
     for ax in axes.ravel()[len(genes) * n_panels :]:
         ax.remove()
+    if title is not None:
+        fig.suptitle(title)
     return finish_figure(fig, show=show, save=save)
+
+
+#: columns of a per-gene score table written into panel titles, with their labels
+SCORE_LABELS = {"pcc": "PCC", "scc": "SCC", "rmse": "RMSE"}
+
+
+def _score_text(scores: pd.DataFrame | None, gene: str) -> str:
+    """A new line with ``PCC 0.712, RMSE 0.801`` of ``gene`` from a score table, or ``""``."""
+    if scores is None:
+        return ""
+    if not isinstance(scores, pd.DataFrame):
+        raise TypeError(f"scores must be a DataFrame indexed by gene, got {type(scores).__name__}.")
+    if gene not in scores.index:
+        return ""
+    parts = [
+        f"{label} {float(scores.at[gene, column]):.3f}"
+        for column, label in SCORE_LABELS.items()
+        if column in scores.columns and np.isfinite(float(scores.at[gene, column]))
+    ]
+    return "\n" + ", ".join(parts) if parts else ""
 
 
 def _limits(panels: list[np.ndarray]) -> tuple[float, float]:
@@ -265,12 +318,10 @@ def _expression(
             f"{layer_name(layer)} has negative values, which cannot be library-size normalised; "
             "pass normalize=False to show the values as they are."
         )
-    totals = np.asarray(X.sum(axis=1), dtype=np.float64).ravel()
+    totals = library_size(X, np.float64)
     positive = totals > 0
     target = float(np.median(totals[positive])) if positive.any() else 1.0
-    scale = np.zeros_like(totals)
-    scale[positive] = target / totals[positive]
-    return np.log1p(values * scale[:, None])
+    return log_normalize(values, target, library=totals)
 
 
 def _mask(adata: AnnData, layer: str, gene_idx: np.ndarray) -> np.ndarray:

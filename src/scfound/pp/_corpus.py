@@ -9,21 +9,30 @@ import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
 
-from scfound._utils import check_expression, get_matrix, get_obs_column, layer_name
-
-CORPUS_SAMPLE_KEY = "sample"
-CORPUS_DATASET_KEY = "dataset"
-MEASURED_KEY = "measured"
+from scfound._constants import (
+    CORPUS_DATASET_KEY,
+    CORPUS_SAMPLE_KEY,
+    DEFAULT_SPATIAL_KEY,
+    MEASURED_KEY,
+)
+from scfound._utils import (
+    check_expression,
+    get_matrix,
+    get_obs_column,
+    layer_name,
+    resolve_group_key,
+)
 
 
 def build_corpus(
     adatas: Mapping[str, AnnData],
     *,
     layer: str | Mapping[str, str | None] | None = None,
-    sample_key: str | Mapping[str, str | None] | None = None,
-    spatial_key: str = "spatial",
+    group_key: str | Mapping[str, str | None] | None = None,
+    spatial_key: str = DEFAULT_SPATIAL_KEY,
     gene_key: str | None = None,
     keep_obs: tuple[str, ...] = (),
+    sample_key: str | Mapping[str, str | None] | None = None,
 ) -> AnnData:
     """Concatenate datasets measured on different gene panels into one corpus AnnData.
 
@@ -37,22 +46,28 @@ def build_corpus(
         Datasets by name, each cells x genes with raw counts.
     layer
         Layer with the counts (``None``: ``.X``), for all datasets or per dataset name.
-    sample_key
-        Column of ``obs`` with the tissue sample / FOV of each cell, for all datasets or per
-        dataset; ``None`` makes each dataset one sample.
+    group_key
+        Column of ``obs`` with the group of each cell (tissue sample, field of view, tile: the
+        cells a model processes together), for all datasets or per dataset; ``None`` makes each
+        dataset one group.
     spatial_key
         Key of coordinates in ``obsm``; datasets without it get NaN (non-spatial cells).
     gene_key
         Column of ``var`` with gene identifiers to join on (default ``var_names``).
     keep_obs
         Columns of ``obs`` to carry over where present (e.g. ``("cell_type",)``).
+    sample_key
+        Deprecated name of ``group_key``.
 
     Returns
     -------
     AnnData with counts in ``.X`` (CSR, float32), ``obs["dataset"]``, ``obs["sample"]``
-    (``"<dataset>:<sample>"``), ``obsm["spatial"]`` and ``varm["measured"]`` (genes x datasets).
+    (each cell's group, ``"<dataset>:<group>"``: pass ``group_key="sample"`` to
+    :meth:`scfound.CellPLM.setup_anndata`), ``obsm["spatial"]`` and ``varm["measured"]``
+    (genes x datasets).
 
     """
+    group_key = resolve_group_key(group_key, sample_key, "pp.build_corpus")
     if not adatas:
         raise ValueError("build_corpus needs at least one dataset.")
     genes_per: dict[str, list[str]] = {}
@@ -82,8 +97,8 @@ def build_corpus(
         x.sort_indices()
         blocks.append(x)
         measured.loc[genes_per[name], name] = True
-        key = sample_key.get(name) if isinstance(sample_key, Mapping) else sample_key
-        samples = (
+        key = group_key.get(name) if isinstance(group_key, Mapping) else group_key
+        groups = (
             np.full(adata.n_obs, "all", dtype=object)
             if key is None
             else get_obs_column(adata, key).astype(str)
@@ -91,7 +106,7 @@ def build_corpus(
         frame = pd.DataFrame(
             {
                 CORPUS_DATASET_KEY: name,
-                CORPUS_SAMPLE_KEY: [f"{name}:{s}" for s in samples],
+                CORPUS_SAMPLE_KEY: [f"{name}:{g}" for g in groups],
             },
             index=[f"{name}:{c}" for c in adata.obs_names],
         )

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
 
+from .._constants import TARGET_SUM
+from .._normalize import log_normalize
 from .._utils import check_expression
-
-#: counts per cell after library normalisation
-_TARGET_SUM = 1e4
+from ..nn._graph import knn_indices
 
 
 def knn_smoothing_matrix(
@@ -66,9 +65,7 @@ def knn_smoothing_matrix(
     n_cells, n_genes = X.shape
     if n_cells < 2 or n_genes < 2:
         raise ValueError(f"knn smoothing needs at least 2 cells and 2 genes, got {X.shape}.")
-    library = np.asarray(X.sum(1)).ravel()
-    logx = sp.diags(_TARGET_SUM / np.maximum(library, 1.0)) @ X
-    logx.data = np.log1p(logx.data)
+    logx = log_normalize(X, TARGET_SUM, min_library=1.0)
     mean = np.asarray(logx.mean(0)).ravel()
     var = np.asarray(logx.multiply(logx).mean(0)).ravel() - mean**2
     order = np.argsort(-var, kind="stable")[: min(n_top_genes, n_genes)]
@@ -80,6 +77,6 @@ def knn_smoothing_matrix(
     n_comps = max(1, min(n_comps, len(top) - 1, n_cells - 1))
     pcs = PCA(n_components=n_comps, random_state=seed).fit_transform(dense)
     k = min(n_neighbors, n_cells)
-    idx = NearestNeighbors(n_neighbors=k).fit(pcs).kneighbors(pcs, return_distance=False)
+    idx, _ = knn_indices(pcs, k, include_self=True)
     weights = np.full(idx.size, 1.0 / k, dtype=np.float32)
     return sp.csr_matrix((weights, idx.ravel(), np.arange(0, idx.size + 1, k)), (n_cells, n_cells))

@@ -186,7 +186,8 @@ def spatial_graph(
     - ``adata.obsp['spatial_connectivities']``: binary adjacency (CSR);
     - ``adata.obsp['spatial_distances']``: Euclidean edge lengths (CSR);
     - ``adata.uns['spatial_neighbors']``: the keys above and squidpy's parameters;
-    - ``adata.uns['scfound']['spatial_graph']['spatial_connectivities']``: the parameters of this call.
+    - ``adata.uns['scfound']['spatial_graph']['spatial_connectivities']``: the parameters of
+      this call.
 
     Examples
     --------

@@ -11,7 +11,7 @@ from mudata import MuData
 
 from scfound._keys import confidence_key, prediction_key, probabilities_key
 
-from ._methods import Result
+from ._methods import Result, get_adapter
 from ._run import modality, run
 
 VERB = "annotate"
@@ -76,6 +76,7 @@ def annotate(
     probability of the predicted type), ``obsm[f"{key_added}_probabilities"]`` (a DataFrame of
     class probabilities) and ``uns['scfound']['annotate'][key_added]``.
     """
+    get_adapter(method, VERB)  # an unsupported method is refused before anything else
     source, where = (reference, "reference") if reference is not None else (adata, "adata")
     obs = modality(source, mod, where).obs
     if labels_key not in obs:

@@ -21,17 +21,21 @@ from scvi.data.fields import (
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainingPlan, TrainRunner
 
+from scfound._constants import DATASET_KEY, MEASURED_KEY, SPATIAL_KEY
 from scfound._utils import (
     check_expression,
+    check_genes_present,
     check_groups,
     check_scale,
     get_matrix,
     layer_name,
+    record_group_key,
+    resolve_group_key,
 )
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
 from ..base import SafeSaveMixin
-from ._module import DATASET_KEY, PERTURBED_KEY, SPATIAL_KEY, CellPLMModule
+from ._module import PERTURBED_KEY, CellPLMModule
 
 logger = logging.getLogger(__name__)
 
@@ -155,7 +159,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
     Examples
     --------
     >>> import scfound as sf
-    >>> sf.CellPLM.setup_anndata(corpus, layer="counts", sample_key="sample", dataset_key="dataset")
+    >>> sf.CellPLM.setup_anndata(corpus, layer="counts", group_key="sample", dataset_key="dataset")
     >>> model = sf.CellPLM(corpus, n_hidden=256, n_layers=2, n_latent=64)
     >>> model.train(max_epochs=50)
     >>> query.obsm["X_cellplm"] = sf.CellPLM.from_model(model, query).get_latent_representation()
@@ -270,13 +274,15 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         cls,
         adata: AnnData,
         layer: str | None = None,
-        sample_key: str | None = None,
+        group_key: str | None = None,
         dataset_key: str | None = None,
         spatial_key: str | None = None,
         labels_key: str | None = None,
         unlabeled_category: str = "unknown",
-        measured_key: str = "measured",
+        measured_key: str = MEASURED_KEY,
         perturbation_key: str | None = None,
+        *,
+        sample_key: str | None = None,
         **kwargs,
     ) -> None:
         """Register an AnnData (or a corpus of datasets concatenated into one) with CellPLM.
@@ -287,10 +293,10 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Cells x genes with counts; may be backed (``anndata.read_h5ad(path, backed="r")``).
         layer
             Layer with non-negative counts; ``None`` uses ``.X``.
-        sample_key
-            Column of ``adata.obs`` with the tissue sample / FOV of each cell: a sample is one
-            sentence (its cells attend to each other) and one decoder batch. ``None``: the whole
-            AnnData is one sample.
+        group_key
+            Column of ``adata.obs`` with the group of each cell (tissue sample, field of view or
+            tile): a group is one sentence (its cells attend to each other) and one decoder batch.
+            ``None``: the whole AnnData is one group.
         dataset_key
             Column of ``adata.obs`` with the dataset of each cell (for corpora of datasets with
             different gene panels, see :func:`scfound.pp.build_corpus`).
@@ -306,16 +312,22 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Column of ``adata.obs`` naming the genes perturbed in each cell (Perturb-seq), joined by
             ``"+"``; ``"ctrl"``, ``"control"`` or empty for control cells. Their input is set to
             the paper's sentinel (-100) so that the model learns the perturbations' effects.
+        sample_key
+            Deprecated name of ``group_key``.
         **kwargs
             Internal: ``source_registry`` when a saved model is loaded.
 
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        if kwargs.get("source_registry") is not None and group_key is None:
+            group_key, sample_key = sample_key, None  # saved before `sample_key` was renamed
+        group_key = resolve_group_key(group_key, sample_key, "CellPLM.setup_anndata")
+        record_group_key(setup_method_args, group_key)
         check_expression(get_matrix(adata, layer), layer_name(layer))
-        if sample_key is not None:
-            check_groups(adata, sample_key)
+        if group_key is not None:
+            check_groups(adata, group_key)
         elif adata.n_obs < 2:
-            raise ValueError("a sample of one cell has no context; CellPLM needs at least 2 cells.")
+            raise ValueError("a group of one cell has no context; CellPLM needs at least 2 cells.")
         if spatial_key is not None and spatial_key not in adata.obsm:
             raise KeyError(
                 f"spatial coordinates adata.obsm[{spatial_key!r}] not found "
@@ -330,7 +342,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             perturbed_genes(adata, perturbation_key)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, sample_key),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, group_key),
             CategoricalObsField(DATASET_KEY, dataset_key),
         ]
         if spatial_key is not None:
@@ -689,21 +701,58 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Cells of one sample decoded together.
 
         """
-        check_scale(scale)
-        module = self.module
-
-        def denoise(tensors, out):
-            frac = self._fractions(out["px"])
-            if scale == "log1p":
-                return torch.log1p(frac * module.target_sum)
-            measured = (frac * out["measured"]).sum(-1, keepdim=True).clamp_min(1e-8)
-            return frac / measured * out["counts"].sum(-1, keepdim=True)
-
-        values = self._predict(adata, denoise, max_cells)
+        values = self._decode(adata, scale, max_cells)
         adata = self._validate_anndata(adata)
         full = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
-        full[:, module.columns.cpu().numpy()] = values
+        full[:, self.module.columns.cpu().numpy()] = values
         return full
+
+    def get_imputed_expression(
+        self,
+        adata: AnnData | None = None,
+        *,
+        genes: Sequence[str] | None = None,
+        scale: Literal["counts", "log1p"] = "counts",
+        max_cells: int | None = INFERENCE_MAX_CELLS,
+    ) -> pd.DataFrame:
+        """Decoded expression of every cell at ``genes``, ``(n_obs, n_genes)``.
+
+        The model decodes every registered gene of its vocabulary, measured or not: for a corpus
+        that joins a spatial panel with a scRNA-seq reference (:func:`scfound.pp.build_corpus`),
+        the spatial cells' values at the genes only the reference measured are their
+        imputation, and at measured genes their denoised values. The values are those of
+        :meth:`get_denoised_expression`.
+
+        Parameters
+        ----------
+        adata
+            Data registered with :meth:`setup_anndata` (default: the model's).
+        genes
+            Genes (``var_names``) to return; default every registered gene the model decodes
+            (those in its vocabulary).
+        scale
+            ``"counts"``: expected counts at each cell's observed library size (over the genes
+            its dataset measured); ``"log1p"``: log-normalised (library ``target_sum``).
+        max_cells
+            Cells of one sample decoded together.
+
+        Returns
+        -------
+        DataFrame of ``float32`` values, cells (``obs_names``) x genes.
+
+        """
+        check_scale(scale)
+        adata_ = self._validate_anndata(adata)
+        decoded = adata_.var_names[self.module.columns.cpu().numpy()]
+        positions = None
+        if genes is not None:
+            genes = check_genes_present(
+                genes, decoded, "the genes the model decodes (registered and in its vocabulary)"
+            )
+            positions = torch.from_numpy(decoded.get_indexer(genes))
+        values = self._decode(adata, scale, max_cells, positions)
+        columns = decoded.copy() if genes is None else pd.Index(genes)
+        return pd.DataFrame(values, index=adata_.obs_names.copy(), columns=columns)
 
     def get_perturbed_expression(
         self,
@@ -730,11 +779,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
 
         """
         adata_ = self._validate_anndata(adata)
-        unknown = [g for g in genes if g not in adata_.var_names]
-        if unknown:
-            raise ValueError(
-                f"{len(unknown)} perturbed genes are not in adata.var_names: {unknown}."
-            )
+        genes = check_genes_present(genes, adata_.var_names, "adata.var_names (genes to perturb)")
 
         def decode(tensors, out):
             return torch.log1p(self._fractions(out["px"]) * self.module.target_sum)
@@ -770,6 +815,32 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         return np.asarray(classes)[probs.argmax(1)]
 
     # ----------------------------------------------------------------- utils
+    def _decode(
+        self,
+        adata: AnnData | None,
+        scale: Literal["log1p", "counts"],
+        max_cells: int | None,
+        positions: torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """Decoded values at the model's columns (or at ``positions`` among them), cells x genes.
+
+        ``"log1p"``: log-normalised to ``target_sum``; ``"counts"``: expected counts at each
+        cell's observed library, which covers the genes its dataset measured.
+        """
+        check_scale(scale)
+        module = self.module
+
+        def denoise(tensors, out):
+            frac = self._fractions(out["px"])
+            if scale == "log1p":
+                values = torch.log1p(frac * module.target_sum)
+            else:
+                measured = (frac * out["measured"]).sum(-1, keepdim=True).clamp_min(1e-8)
+                values = frac / measured * out["counts"].sum(-1, keepdim=True)
+            return values if positions is None else values[:, positions.to(values.device)]
+
+        return self._predict(adata, denoise, max_cells)
+
     def _fractions(self, px: torch.Tensor) -> torch.Tensor:
         """Decoder output as per-cell expression fractions over the model's columns."""
         if self.module.likelihood == "nb":
@@ -834,7 +905,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
 
     def _measured(self) -> np.ndarray:
         """``(n_datasets, n_vars)`` table of the genes each registered dataset measured."""
-        key = self.adata_manager.registry["setup_args"].get("measured_key", "measured")
+        key = self.adata_manager.registry["setup_args"].get("measured_key", MEASURED_KEY)
         datasets = self._dataset_categories()
         if key not in self.adata.varm:
             return np.ones((1, self.adata.n_vars), dtype=bool)

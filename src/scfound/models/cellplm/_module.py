@@ -10,12 +10,11 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.nn import functional as F
 
-from scfound.nn import FlowformerEncoder, nb_nll
+from scfound._constants import DATASET_KEY, SPATIAL_KEY
+from scfound.nn import FlowformerEncoder, log_normalize, nb_nll
 
 from ._components import BatchAwareDecoder, GaussianMixtureLatent, GeneExpressionEmbedder
 
-DATASET_KEY = "dataset"
-SPATIAL_KEY = "spatial"
 #: per-cell column indices of perturbed genes (``-1`` pads)
 PERTURBED_KEY = "perturbed"
 #: input value of perturbed genes (the paper's sentinel)
@@ -183,8 +182,7 @@ class CellPLMModule(BaseModuleClass):
         """Input transform of counts ``x`` over the model's columns."""
         if self.input_transform == "log1p":
             return torch.log1p(x)
-        library = x.sum(-1, keepdim=True).clamp_min(1e-8)
-        return torch.log1p(x / library * self.target_sum)
+        return log_normalize(x, self.target_sum)
 
     def _draw_mask(self, measured: torch.Tensor) -> torch.Tensor:
         """Bi-level mask (``True`` = hidden) of measured entries in ``cell_mask_rate`` of cells."""

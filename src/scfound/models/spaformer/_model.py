@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
@@ -15,17 +16,27 @@ from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainingPlan, TrainRunner
 
-from scfound._utils import check_expression, check_groups, get_matrix, get_spatial, layer_name
+from scfound._constants import DEFAULT_SPATIAL_KEY, GROUP_KEY, SPATIAL_KEY
+from scfound._utils import (
+    check_expression,
+    check_genes_present,
+    check_groups,
+    check_scale,
+    get_matrix,
+    get_spatial,
+    layer_name,
+)
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 from scfound.nn import (
     POSITIONAL_ENCODINGS,
     knn_graph,
     laplacian_eigenvectors,
+    log_normalize,
     random_walk_pe,
 )
 
 from ..base import SafeSaveMixin
-from ._module import GROUP_KEY, PE_FEATURES_KEY, SPATIAL_KEY, SpaFormerModule
+from ._module import PE_FEATURES_KEY, SpaFormerModule
 
 logger = logging.getLogger(__name__)
 
@@ -191,7 +202,7 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
         cls,
         adata: AnnData,
         layer: str | None = None,
-        spatial_key: str = "spatial",
+        spatial_key: str = DEFAULT_SPATIAL_KEY,
         group_key: str | None = None,
         batch_key: str | None = None,
         **kwargs,
@@ -365,27 +376,38 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
         self,
         adata: AnnData | None = None,
         *,
+        genes: Sequence[str] | None = None,
         scale: Literal["counts", "log1p"] = "counts",
         keep_observed: bool = False,
-    ) -> np.ndarray:
-        """Imputed (denoised) expression of every cell and gene, ``(n_obs, n_vars)``.
+    ) -> pd.DataFrame:
+        """Imputed (denoised) expression of every cell, ``(n_obs, n_genes)``.
 
         Parameters
         ----------
         adata
             AnnData to impute (default: the one the model was set up with).
+        genes
+            Genes (``var_names``) to return; default all of them.
         scale
             ``"counts"``: on the count scale of the input layer (each cell keeps its observed
             library size, so the result can stand in for the input in scanpy);
-            ``"log1p"``: ``log1p`` of values normalised to ``target_sum``.
+            ``"log1p"``: ``log1p`` of values normalised to ``target_sum`` (over all genes).
         keep_observed
             Keep every non-zero observed count and impute only the zeros (the model cannot tell
             a missing value from a true zero); default replaces every entry with its
             reconstruction (denoising).
 
+        Returns
+        -------
+        DataFrame of ``float32`` values, cells (``obs_names``) x genes.
+
         """
-        if scale not in ("counts", "log1p"):
-            raise ValueError(f"scale must be 'counts' or 'log1p', got {scale!r}.")
+        check_scale(scale)
+        adata_ = self._validate_anndata(adata)
+        columns = adata_.var_names
+        if genes is not None:
+            genes = check_genes_present(genes, columns, "adata.var_names")
+            columns = pd.Index(genes)
         module = self.module
 
         def impute(tensors, inf, gen):
@@ -395,10 +417,12 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
                 counts = torch.where(x > 0, x, counts)
             if scale == "counts":
                 return counts
-            lib = counts.sum(-1, keepdim=True).clamp_min(1e-8)
-            return torch.log1p(counts / lib * module.target_sum)
+            return log_normalize(counts, module.target_sum)
 
-        return self._predict(adata, impute)
+        values = self._predict(adata, impute)
+        if genes is not None:
+            values = values[:, adata_.var_names.get_indexer(genes)]
+        return pd.DataFrame(values, index=adata_.obs_names.copy(), columns=columns.copy())
 
     # ----------------------------------------------------------------- utils
     def _median_library_size(self) -> float:

@@ -10,19 +10,20 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.distributions import Normal, kl_divergence
 
+from scfound._constants import SPATIAL_KEY
 from scfound.nn import (
     GATEncoder,
     MLPDecoder,
     TransformerEncoder,
     ZINBDecoder,
     knn_graph,
+    log_normalize,
     normalize_coords,
     positional_encoding,
     zinb_nll,
 )
 
-SPATIAL_KEY = "spatial"
-GROUP_KEY = "group"
+#: batch key of the precomputed graph features of the positional encoding (LapPE, RWPE)
 PE_FEATURES_KEY = "pe_features"
 
 
@@ -126,7 +127,7 @@ class SpaFormerModule(BaseModuleClass):
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-cell ``log1p(x / library * target_sum)`` and the library sizes ``(n, 1)``."""
         library = x.sum(-1, keepdim=True)
-        return torch.log1p(x / library.clamp_min(1e-8) * self.target_sum), library
+        return log_normalize(x, self.target_sum, library=library), library
 
     def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
         batch = tensors.get(REGISTRY_KEYS.BATCH_KEY)

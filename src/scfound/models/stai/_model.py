@@ -20,13 +20,21 @@ from scvi.model.base import BaseModelClass
 from scvi.train import TrainingPlan, TrainRunner
 from sklearn.model_selection import KFold
 
-from scfound._utils import check_expression, check_scale, get_matrix, get_spatial, layer_name
-from scfound.data._paired_loader import (
-    PairedDataModule,
-    block_edges,
-    knn_adjacency,
-    spatial_blocks,
+from scfound._constants import GROUP_KEY, SPATIAL_KEY, TARGET_SUM
+from scfound._normalize import library_size, log_normalize
+from scfound._utils import (
+    check_expression,
+    check_genes_present,
+    check_scale,
+    get_matrix,
+    get_spatial,
+    layer_name,
+    record_group_key,
+    renamed_setup_args,
+    resolve_group_key,
 )
+from scfound.data._paired_loader import PairedDataModule, block_edges, spatial_blocks
+from scfound.nn import knn_adjacency
 from scfound.nn._alignment import column_pearson, knn_softmax
 from scfound.pp import knn_smoothing_matrix
 
@@ -37,15 +45,12 @@ from ._module import (
     REFERENCE_X,
     SPATIAL_EDGES,
     SPATIAL_X,
-    TARGET_SUM,
     TRANSFORMS,
     STAIModule,
 )
 
 logger = logging.getLogger(__name__)
 
-SPATIAL_KEY = "spatial"
-SAMPLE_KEY = "sample"
 #: optimisation steps of a default training run (the authors: 500 full-batch epochs)
 DEFAULT_STEPS = 500
 #: below this many reference genes, library normalisation (``cp10k_log1p``) gets a warning
@@ -63,17 +68,12 @@ IMPUTATION_WEIGHTS = {
 ANNOTATION_WEIGHTS = IMPUTATION_WEIGHTS | {"classification": 10.0, "imputation": 2.0, "gene": 1.0}
 
 
-def _normalize(counts: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
-    """Counts normalised to :data:`TARGET_SUM` per cell (sparse in, sparse out)."""
-    scaled = sp.diags(TARGET_SUM / np.maximum(library, 1.0)) @ counts
-    return sp.csr_matrix(scaled, dtype=np.float32)
+def _per_10k(counts: sp.csr_matrix, library: np.ndarray, log: bool) -> sp.csr_matrix:
+    """Reference counts per :data:`TARGET_SUM` (``log1p`` of them with ``log``), sparse.
 
-
-def _log_normalize(counts: sp.csr_matrix, library: np.ndarray) -> sp.csr_matrix:
-    """``log1p`` of counts normalised to :data:`TARGET_SUM` per cell (sparse in, sparse out)."""
-    scaled = _normalize(counts, library)
-    scaled.data = np.log1p(scaled.data)
-    return scaled
+    As :func:`~scfound.models.stai._module.transform`: libraries below 1 count as 1.
+    """
+    return log_normalize(counts, TARGET_SUM, library=library, min_library=1.0, log=log)
 
 
 def _transformed(
@@ -81,7 +81,7 @@ def _transformed(
 ) -> sp.csr_matrix:
     """Sparse counts after :func:`~scfound.models.stai._module.transform` (``how``)."""
     if how == "cp10k_log1p":
-        return _log_normalize(counts, library)
+        return _per_10k(counts, library, log=True)
     if how == "scale":
         return counts
     out = sp.csr_matrix(counts, dtype=np.float32, copy=True)
@@ -134,12 +134,15 @@ class STAI(BaseModelClass):
     * ``topk=None`` gives the paper's softmax over all reference cells (a ``NameError`` in
       their code); the gene-consistency loss has the paper's Frobenius form as an option;
     * imputation and annotation are methods of one trained model, and nothing is read from or
-      written to a working directory.
+      written to a working directory;
+    * :meth:`get_imputed_expression` gives expected counts at each spatial cell's depth by
+      default (it scored better than the paper's log-normalised reference values in
+      ``benchmarks/results/reference_imputation.md``); ``scale="log1p"`` gives stAI's output.
 
     Options beyond the paper, off by default: ``reference_transform`` for a reference that is
     itself a gene panel (theirs always library-normalises the reference),
-    ``reference_smoothing`` for a sparse transcriptome-wide reference, ``scale="counts"`` in
-    :meth:`get_imputed_expression`, and a temperature picked by :meth:`calibrate_imputation`.
+    ``reference_smoothing`` for a sparse transcriptome-wide reference, and a temperature picked
+    by :meth:`calibrate_imputation`.
 
     Parameters
     ----------
@@ -197,7 +200,7 @@ class STAI(BaseModelClass):
     >>> sf.STAI.setup_anndata(adata_ref, layer="counts", labels_key="cell_type")
     >>> model = sf.STAI(adata_sp, adata_ref)
     >>> model.train(max_epochs=500)
-    >>> imputed = model.get_imputed_expression(["Mbp", "Mog"])
+    >>> imputed = model.get_imputed_expression(genes=["Mbp", "Mog"])
     >>> labels = model.predict()
 
     """
@@ -355,6 +358,8 @@ class STAI(BaseModelClass):
         layer: str | None = None,
         labels_key: str | None = None,
         spatial_key: str | None = None,
+        group_key: str | None = None,
+        *,
         sample_key: str | None = None,
         **kwargs,
     ) -> None:
@@ -371,19 +376,23 @@ class STAI(BaseModelClass):
             Reference: column of ``adata.obs`` with cell types (needed for annotation).
         spatial_key
             Spatial data: key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
+        group_key
+            Spatial data: column of ``adata.obs`` with the slices (or samples, fields of view) of
+            the cells; the neighbour graph never joins two of them. ``None``: one slice.
         sample_key
-            Spatial data: column of ``adata.obs`` with slices/samples; the neighbour graph never
-            joins two of them. ``None``: one slice.
+            Deprecated name of ``group_key``.
         **kwargs
             Internal: ``source_registry`` when a saved model is loaded.
 
         """
         setup_method_args = cls._get_setup_method_args(**locals())
+        group_key = resolve_group_key(group_key, sample_key, "STAI.setup_anndata")
+        record_group_key(setup_method_args, group_key)
         check_expression(get_matrix(adata, layer), layer_name(layer))
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
-            CategoricalObsField(SAMPLE_KEY, sample_key),
+            CategoricalObsField(GROUP_KEY, group_key),
         ]
         if spatial_key is not None:
             get_spatial(adata, spatial_key)
@@ -398,7 +407,7 @@ class STAI(BaseModelClass):
         sp_X = sp.csr_matrix(sp_manager.get_from_registry(REGISTRY_KEYS.X_KEY), dtype=np.float32)
         ref_X = sp.csr_matrix(ref_manager.get_from_registry(REGISTRY_KEYS.X_KEY), dtype=np.float32)
         check_expression(ref_X, "the reference", integer=True)
-        self._library = np.asarray(ref_X.sum(1), dtype=np.float32).ravel()
+        self._library = library_size(ref_X, np.float32)
         if not self._library.any():
             raise ValueError("the reference has no counts (every cell sums to 0).")
         self._reference_X = ref_X
@@ -413,7 +422,7 @@ class STAI(BaseModelClass):
                 ref_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
             ).ravel()
         self._coords = np.asarray(sp_manager.get_from_registry(SPATIAL_KEY), dtype=np.float64)
-        self._samples = np.asarray(sp_manager.get_from_registry(SAMPLE_KEY)).ravel()
+        self._samples = np.asarray(sp_manager.get_from_registry(GROUP_KEY)).ravel()
         self._adjacency = knn_adjacency(self._coords, n_neighbors, self._samples)
 
     # -------------------------------------------------------------- training
@@ -546,8 +555,10 @@ class STAI(BaseModelClass):
 
     def get_imputed_expression(
         self,
+        adata: AnnData | None = None,
+        *,
         genes: Sequence[str] | None = None,
-        scale: Literal["log1p", "counts"] = "log1p",
+        scale: Literal["counts", "log1p"] = "counts",
         temperature: float | None = None,
     ) -> pd.DataFrame:
         """Expression of reference genes in the spatial cells, averaged over the submodels.
@@ -558,24 +569,28 @@ class STAI(BaseModelClass):
 
         Parameters
         ----------
+        adata
+            ``None`` or the spatial AnnData the model was set up with (same ``obs_names``): stAI
+            imputes the cells it was trained with.
         genes
             Reference genes to impute; default every reference gene the spatial data lacks.
         scale
+            ``"counts"`` (default): expected counts at each spatial cell's own depth: the
+            neighbours' mean normalised expression (counts per 1e4, not logged), times the
+            spatial cell's total over the shared genes, divided by the reference's mean
+            normalised total over the shared genes. The spatial cells' depth varies with cell
+            size and detection, and measured counts carry it; the ``log1p`` scale does not.
             ``"log1p"`` (stAI): the reference's ``log1p`` of counts normalised to 1e4 per cell.
-            ``"counts"``: expected counts at each spatial cell's own depth: the neighbours' mean
-            normalised expression (counts per 1e4, not logged), times the spatial cell's total
-            over the shared genes, divided by the reference's mean normalised total over the
-            shared genes. The spatial cells' depth varies with cell size and detection, and
-            measured counts carry it; the ``log1p`` scale does not.
         temperature
             Softmax temperature of the neighbour weights (distances are divided by it); default
             :attr:`imputation_temperature_`: 1 (stAI) unless :meth:`calibrate_imputation` set it.
 
         Returns
         -------
-        DataFrame (spatial cells x genes).
+        DataFrame of ``float32`` values, spatial cells (``obs_names``) x genes.
 
         """
+        self._check_spatial_adata(adata)
         check_scale(scale)
         temperature = self._temperature(temperature)
         self._check_if_trained(warn=False)
@@ -588,15 +603,9 @@ class STAI(BaseModelClass):
                     "the reference has no gene that the spatial data lacks; pass `genes=`."
                 )
         else:
-            genes = [str(g) for g in genes]
-            absent = [g for g in genes if g not in set(ref_genes)]
-            if absent:
-                raise ValueError(
-                    f"{len(absent)} requested gene(s) are not in the reference: {absent[:10]}."
-                )
+            genes = check_genes_present(genes, ref_genes, "the reference")
         counts = self._reference_X[:, ref_genes.get_indexer(genes)]
-        normalize = _log_normalize if scale == "log1p" else _normalize
-        values = self._smoothed(normalize(counts, self._library))
+        values = self._smoothed(_per_10k(counts, self._library, log=scale == "log1p"))
         out = np.zeros((self.adata.n_obs, len(genes)), dtype=np.float64)
         for m in range(self.n_folds):
             out += (self._neighbour_weights(m, temperature) @ values).toarray()
@@ -645,8 +654,9 @@ class STAI(BaseModelClass):
             raise ValueError(f"temperatures must be positive numbers, got {list(temperatures)}.")
         check_scale(scale)
         self._check_if_trained(warn=False)
-        normalize = _log_normalize if scale == "log1p" else _normalize
-        reference = self._smoothed(normalize(self._reference_counts, self._library))
+        reference = self._smoothed(
+            _per_10k(self._reference_counts, self._library, log=scale == "log1p")
+        )
         spatial = self._spatial_counts.toarray().astype(np.float64)
         scores = {t: [] for t in temps}
         for m in range(self.n_folds):
@@ -663,6 +673,28 @@ class STAI(BaseModelClass):
         table.index.name = "temperature"
         self.imputation_temperature_ = float(table.idxmax())
         return table
+
+    def _check_spatial_adata(self, adata: AnnData | None) -> None:
+        """``adata`` must be None or the spatial data of the model (same ``obs_names``)."""
+        if adata is None:
+            return
+        if not isinstance(adata, AnnData):
+            hint = (
+                " (the first argument is `adata`; pass genes as `genes=[...]`)"
+                if isinstance(adata, str | Sequence | pd.Index | np.ndarray)
+                else ""
+            )
+            raise ValueError(
+                f"adata must be None or the spatial AnnData of the model, got "
+                f"{type(adata).__name__}{hint}."
+            )
+        if not adata.obs_names.equals(self.adata.obs_names):
+            raise ValueError(
+                f"adata ({adata.n_obs} cells) is not the spatial data the model was set up with "
+                f"({self.adata.n_obs} cells; obs_names must be the same, in the same order): stAI "
+                "imputes the spatial cells it was trained with. Pass adata=None, or set up and "
+                "train a model on the other cells."
+            )
 
     def _smoothed(self, values: sp.csr_matrix) -> sp.csr_matrix:
         """Reference ``values`` (cells x genes), averaged as ``reference_smoothing`` asks."""
@@ -755,8 +787,8 @@ class STAI(BaseModelClass):
         meta = read_model_meta(dir_path, cls.__name__)
         check_genes(adata_spatial.var_names, meta["spatial_var_names"])
         check_genes(adata_reference.var_names, meta["reference_var_names"])
-        cls.setup_anndata(adata_spatial, **meta["spatial_setup"])
-        cls.setup_anndata(adata_reference, **meta["reference_setup"])
+        cls.setup_anndata(adata_spatial, **renamed_setup_args(meta["spatial_setup"]))
+        cls.setup_anndata(adata_reference, **renamed_setup_args(meta["reference_setup"]))
         model = cls(adata_spatial, adata_reference, **meta["init_params"])
         state = torch.load(
             os.path.join(dir_path, WEIGHTS_FILE), map_location="cpu", weights_only=True

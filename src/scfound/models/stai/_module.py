@@ -10,7 +10,8 @@ from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
 from torch import nn
 from torch.nn import functional as F
 
-from scfound.nn import GATConv
+from scfound._constants import TARGET_SUM
+from scfound.nn import GATConv, log_normalize
 from scfound.nn._alignment import column_pearson, cross_correlation, knn_softmax, mmd_rbf
 
 SPATIAL_X = "spatial_x"
@@ -18,8 +19,6 @@ SPATIAL_EDGES = "spatial_edges"
 REFERENCE_X = "reference_x"
 REFERENCE_LIBRARY = "reference_library"
 REFERENCE_LABELS = "reference_labels"
-#: scale of the reference before z-scoring (scanpy's ``normalize_total``)
-TARGET_SUM = 1e4
 #: z-scores are clipped to +-this (scanpy's ``scale(max_value=10)``)
 MAX_Z = 10.0
 LOSS_TERMS = ("reconstruction", "mmd", "consistency", "imputation", "classification", "gene")
@@ -32,7 +31,7 @@ def transform(counts: torch.Tensor, how: str, library: torch.Tensor | None = Non
     if how == "log1p":
         return torch.log1p(counts)
     if how == "cp10k_log1p":
-        return torch.log1p(counts / library.clamp_min(1.0) * TARGET_SUM)
+        return log_normalize(counts, TARGET_SUM, library=library, min_library=1.0)
     return counts
 
 
