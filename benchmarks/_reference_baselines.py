@@ -31,6 +31,8 @@ from sklearn.decomposition import PCA
 from sklearn.neighbors import NearestNeighbors
 
 import scfound as sf
+from scfound._constants import TARGET_SUM
+from scfound._normalize import library_size, log_normalize
 
 COUNTS = "counts"
 
@@ -87,10 +89,8 @@ def log_cp10k(adata: AnnData, genes: Sequence[str]) -> np.ndarray:
     -------
     Dense ``float64`` cells x ``genes`` matrix.
     """
-    totals = counts_of(adata).sum(axis=1)
-    X = counts_of(adata, genes)
-    scale = np.divide(1e4, totals, out=np.zeros_like(totals), where=totals > 0)
-    return np.log1p(X * scale[:, None])
+    library = library_size(counts_of(adata))
+    return log_normalize(counts_of(adata, genes), TARGET_SUM, library=library)
 
 
 def zscore(X: np.ndarray) -> np.ndarray:

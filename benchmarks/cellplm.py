@@ -268,10 +268,10 @@ def pretraining_data(seed: int) -> tuple[ad.AnnData, ad.AnnData, np.ndarray, ad.
     corpus = sf.pp.build_corpus(
         {"mop": mop[~is_held].copy(), "bmmc": load_bmmc(), "osmfish": osm, "cosmx": cosmx},
         layer={"osmfish": "heldout_counts", "cosmx": cosmx_layer},
-        sample_key={"mop": "batch", "bmmc": "batch", "osmfish": "spatial_tile", "cosmx": "fov"},
+        group_key={"mop": "batch", "bmmc": "batch", "osmfish": "spatial_tile", "cosmx": "fov"},
     )
     sf.CellPLM.setup_anndata(
-        corpus, sample_key="sample", dataset_key="dataset", spatial_key="spatial"
+        corpus, group_key="sample", dataset_key="dataset", spatial_key="spatial"
     )
     return corpus, mop, is_held, osm
 
@@ -280,7 +280,7 @@ def run_kl(out: dict, args: argparse.Namespace) -> None:
     """Pre-train once per KL weight; zero-shot embedding of the unseen MoP samples."""
     corpus, mop, is_held, _ = pretraining_data(args.seed)
     query = mop[is_held].copy()
-    sf.CellPLM.setup_anndata(query, sample_key="batch")
+    sf.CellPLM.setup_anndata(query, group_key="batch")
     labels = query.obs["cell_type"].to_numpy()
     rows = []
     for weight in args.kl_weights:
@@ -364,7 +364,7 @@ def embedding_task(pre: sf.CellPLM, mop_held: ad.AnnData, args) -> pd.DataFrame:
 
     seed = args.seed
     query = mop_held.copy()
-    sf.CellPLM.setup_anndata(query, sample_key="batch")
+    sf.CellPLM.setup_anndata(query, group_key="batch")
     labels = query.obs["cell_type"].to_numpy()
     rows = []
     emb, t = timed(cellplm_for(pre, query).get_latent_representation)
@@ -401,7 +401,7 @@ def denoising_task(pre: sf.CellPLM, mop_held: ad.AnnData, args) -> pd.DataFrame:
         }
 
     rows = []
-    sf.CellPLM.setup_anndata(noisy, sample_key="batch")
+    sf.CellPLM.setup_anndata(noisy, group_key="batch")
     zs = cellplm_for(pre, noisy)
     pred, t = timed(zs.get_denoised_expression)
     rows.append(score("CellPLM zero-shot", pred, t))
@@ -431,7 +431,7 @@ def annotation_task(pre: sf.CellPLM, mop: ad.AnnData, is_held: np.ndarray, args)
     seed, ft = args.seed, args.finetune_epochs
     ann = mop.copy()
     ann.obs["labels"] = np.where(is_held, "unknown", ann.obs["cell_type"].astype(str))
-    sf.CellPLM.setup_anndata(ann, sample_key="batch", labels_key="labels")
+    sf.CellPLM.setup_anndata(ann, group_key="batch", labels_key="labels")
     test_truth = mop.obs["cell_type"].astype(str).to_numpy()[is_held]
     rows = []
 
@@ -517,7 +517,7 @@ def osmfish_task(pre: sf.CellPLM, osm: ad.AnnData, args) -> pd.DataFrame:
         var=pd.DataFrame(index=osm.var_names.copy()),
         obsm={"spatial": osm.obsm["spatial"]},
     )
-    sf.CellPLM.setup_anndata(small, sample_key="spatial_tile", spatial_key="spatial")
+    sf.CellPLM.setup_anndata(small, group_key="spatial_tile", spatial_key="spatial")
     rows = []
     k = args.osm_pe_neighbors
     runs = [("CellPLM fine-tuned", pre, 0), ("CellPLM from scratch", None, 0)]

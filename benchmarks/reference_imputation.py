@@ -400,7 +400,7 @@ def impute_stai_calibrated(
         params = cfg["_params"]
         params.setdefault(f"temperature{suffix}", []).append(model.imputation_temperature_)
         params.setdefault(f"calibration_pcc{suffix}", []).append(table.round(4).to_dict())
-        return model.get_imputed_expression([gene], scale=cfg["scale"])[gene].to_numpy()
+        return model.get_imputed_expression(genes=[gene], scale=cfg["scale"])[gene].to_numpy()
 
     smoothing = model.reference_smoothing
     if smoothing is None:

@@ -57,7 +57,7 @@ def run_one(n_cells: int, n_genes: int, epochs: int, model_name: str, n_referenc
         model = sf.STAI(adata, reference)
         model.train(max_epochs=epochs, callbacks=[timer])
         t1 = time.perf_counter()
-        model.get_imputed_expression()
+        model.get_imputed_expression(scale="log1p")
         n_steps = len(sf.data.spatial_blocks(model._coords, model._samples, 2048))
     else:
         adata = sf.datasets.synthetic_spatial(n_cells, n_genes, 8, seed=0)

@@ -4,6 +4,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import warnings
 
 import anndata as ad
 import numpy as np
@@ -36,14 +37,14 @@ def corpus(synthetic):
     return sf.pp.build_corpus(
         {"spatial": synthetic, "rna": rna},
         layer={"spatial": "counts"},
-        sample_key={"spatial": "fov", "rna": "sample"},
+        group_key={"spatial": "fov", "rna": "sample"},
         keep_obs=("cell_type",),
     )
 
 
 def _setup(corpus, **kw):
     sf.CellPLM.setup_anndata(
-        corpus, sample_key="sample", dataset_key="dataset", spatial_key="spatial", **kw
+        corpus, group_key="sample", dataset_key="dataset", spatial_key="spatial", **kw
     )
     return corpus
 
@@ -148,6 +149,68 @@ def test_pretrain_save_load_round_trip(corpus, tmp_path, likelihood):
     np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
 
 
+def test_imputed_expression_is_a_frame_of_the_decoded_genes(corpus):
+    model = sf.CellPLM(_setup(corpus), **TINY)
+    model.train(max_epochs=1)
+    imputed = model.get_imputed_expression()  # default: counts, every decoded gene
+    assert isinstance(imputed, pd.DataFrame) and (imputed.dtypes == np.float32).all()
+    assert imputed.index.equals(corpus.obs_names) and imputed.columns.equals(corpus.var_names)
+    np.testing.assert_array_equal(imputed, model.get_denoised_expression(scale="counts"))
+    genes = ["gene_35", "gene_12"]  # one the spatial panel lacks, one both measure
+    logged = model.get_imputed_expression(genes=genes, scale="log1p")
+    assert list(logged.columns) == genes
+    np.testing.assert_array_equal(
+        logged, model.get_denoised_expression()[:, corpus.var_names.get_indexer(genes)]
+    )
+    with pytest.raises(ValueError, match="not in the genes the model decodes"):
+        model.get_imputed_expression(genes=["gene_12", "nope"])
+    with pytest.raises(ValueError, match="scale must be"):
+        model.get_imputed_expression(scale="raw")
+    # genes outside the vocabulary are not decoded, hence not a default column
+    query = _counts(20, ["gene_12", "gene_13", "other"], seed=3)
+    sf.CellPLM.setup_anndata(query)
+    zero_shot = sf.CellPLM.from_model(model, query, drop_unknown_genes=True)
+    assert list(zero_shot.get_imputed_expression().columns) == ["gene_12", "gene_13"]
+
+
+def test_sample_key_is_a_deprecated_alias_and_old_saves_load(corpus, synthetic, tmp_path):
+    rna = _counts(150, [f"gene_{i}" for i in range(10, 40)], seed=1)
+    rna.obs["sample"] = np.repeat(["a", "b", "c"], 50)
+    rna.obs["cell_type"] = np.tile(["t0", "t1", "t2"], 50)
+    with pytest.warns(FutureWarning, match="sample_key.*deprecated.*group_key"):
+        old = sf.pp.build_corpus(
+            {"spatial": synthetic, "rna": rna},
+            layer={"spatial": "counts"},
+            sample_key={"spatial": "fov", "rna": "sample"},
+            keep_obs=("cell_type",),
+        )
+    assert old.obs.equals(corpus.obs) and (old.X != corpus.X).nnz == 0
+    with pytest.warns(FutureWarning, match="sample_key.*deprecated.*group_key"):
+        sf.CellPLM.setup_anndata(corpus, sample_key="sample", dataset_key="dataset")
+    with pytest.raises(ValueError, match="pass `group_key` only"):
+        sf.CellPLM.setup_anndata(corpus, group_key="dataset", sample_key="sample")
+    model = sf.CellPLM(corpus, **TINY)
+    args = model.adata_manager.registry["setup_args"]
+    assert args["group_key"] == "sample" and "sample_key" not in args
+    assert len(np.unique(model._group_codes())) == 5  # 2 FOVs + 3 samples
+    model.train(max_epochs=1)
+    model.save(str(tmp_path / "m"))
+    # a model saved before the rename has `sample_key` in its registry: it loads, silently
+    meta_file = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    setup_args = meta["registry"]["setup_args"]
+    setup_args["sample_key"] = setup_args.pop("group_key")
+    meta_file.write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        loaded = sf.CellPLM.load(str(tmp_path / "m"), corpus.copy())
+    assert loaded.adata_manager.registry["setup_args"]["group_key"] == "sample"
+    np.testing.assert_array_equal(loaded._group_codes(), model._group_codes())
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-6
+    )
+
+
 def test_pretraining_lowers_masked_error(corpus):
     model = sf.CellPLM(_setup(corpus), **TINY, dropout=0.0)
     torch.manual_seed(0)
@@ -156,8 +219,8 @@ def test_pretraining_lowers_masked_error(corpus):
         torch.manual_seed(1)
         module = model.module.eval()
         total = 0.0
-        for code in np.unique(model._sample_codes()):
-            cells = np.flatnonzero(model._sample_codes() == code)
+        for code in np.unique(model._group_codes()):
+            cells = np.flatnonzero(model._group_codes() == code)
             x = torch.from_numpy(corpus.X[cells].toarray())
             codes = np.asarray(model.adata_manager.get_from_registry("dataset")).ravel()
             ds = torch.from_numpy(codes[cells])
@@ -197,7 +260,7 @@ def test_neighbour_encoding_starts_at_zero_and_learns(corpus):
     model = sf.CellPLM(_setup(corpus), **TINY)
     model.train(max_epochs=1)
     spatial = corpus[corpus.obs["dataset"] == "spatial"].copy()
-    sf.CellPLM.setup_anndata(spatial, sample_key="sample", spatial_key="spatial")
+    sf.CellPLM.setup_anndata(spatial, group_key="sample", spatial_key="spatial")
     carried = sf.CellPLM.from_model(model, spatial, n_pe_neighbors=4)
     plain = sf.CellPLM.from_model(model, spatial)
     # added to a pre-trained model, the encoding changes nothing until it is trained
@@ -214,7 +277,7 @@ def test_neighbour_encoding_starts_at_zero_and_learns(corpus):
             sf.CellPLM.from_model(model, spatial, n_pe_neighbors=bad)
     # cells without coordinates are embedded as without the encoding
     rna = corpus[corpus.obs["dataset"] == "rna"].copy()
-    sf.CellPLM.setup_anndata(rna, sample_key="sample")
+    sf.CellPLM.setup_anndata(rna, group_key="sample")
     on_rna = sf.CellPLM.from_model(carried, rna, n_pe_neighbors=4)
     off_rna = sf.CellPLM.from_model(carried, rna, n_pe_neighbors=0)
     np.testing.assert_allclose(
@@ -244,7 +307,7 @@ def test_single_cell_sample_error():
     adata = _counts(5, ["g1", "g2", "g3"])
     adata.obs["sample"] = ["a", "a", "b", "b", "c"]
     with pytest.raises(ValueError, match="single cell"):
-        sf.CellPLM.setup_anndata(adata, sample_key="sample")
+        sf.CellPLM.setup_anndata(adata, group_key="sample")
     with pytest.raises(ValueError, match="one cell"):
         sf.CellPLM.setup_anndata(adata[:1].copy())
 
@@ -263,7 +326,7 @@ def test_authors_layout_round_trip_and_report(corpus, tmp_path):
     config = json.load(open(prefix + ".config.json"))
     assert config["gene_list"] == model.vocabulary and config["enc_hid"] == 16
     query = corpus.copy()
-    sf.CellPLM.setup_anndata(query, sample_key="sample")
+    sf.CellPLM.setup_anndata(query, group_key="sample")
     loaded = sf.CellPLM.load_pretrained(prefix, query)
     report = loaded.pretrained_report_
     assert report["unmatched_checkpoint_parameters"] == []
@@ -355,7 +418,7 @@ import sys
 import numpy as np
 import scfound as sf
 adata = sf.datasets.synthetic_spatial(200, 12, 3, seed=0, n_fovs=4)
-sf.CellPLM.setup_anndata(adata, layer="counts", sample_key="fov")
+sf.CellPLM.setup_anndata(adata, layer="counts", group_key="fov")
 model = sf.CellPLM(adata, n_hidden=16, n_heads=2, n_layers=1, n_latent=4, n_decoder_hidden=16)
 model.train(max_epochs=2, accelerator="cpu", devices=2, strategy="ddp")
 import os
@@ -467,7 +530,7 @@ def test_tl_annotate_learns_labels(fine_tune):
 def _self_supervised_typed_cells():
     """:func:`_typed_cells` (seed 1) and a tiny CellPLM trained on them without labels (NB)."""
     adata, types, test = _typed_cells(seed=1)
-    sf.CellPLM.setup_anndata(adata, sample_key="sample")
+    sf.CellPLM.setup_anndata(adata, group_key="sample")
     torch.manual_seed(0)
     base = sf.CellPLM(adata, **TINY, likelihood="nb")
     base.train(max_epochs=30, lr=5e-3)
@@ -517,7 +580,7 @@ def test_annotation_head_alone_leaves_the_model_frozen():
     with pytest.raises(ValueError, match="no annotation head"):
         base.train_annotation_head()
     labelled = adata.copy()
-    sf.CellPLM.setup_anndata(labelled, sample_key="sample", labels_key="ct")
+    sf.CellPLM.setup_anndata(labelled, group_key="sample", labels_key="ct")
     model = sf.CellPLM.from_model(base, labelled)
     with pytest.raises(ValueError, match="batch_size must be >= 1"):
         model.train_annotation_head(batch_size=0)
@@ -530,7 +593,7 @@ def test_annotation_head_alone_leaves_the_model_frozen():
     assert (model.predict()[test] == types[test]).mean() > 0.9
     unlabelled = adata.copy()
     unlabelled.obs["ct"] = "unknown"
-    sf.CellPLM.setup_anndata(unlabelled, sample_key="sample", labels_key="ct")
+    sf.CellPLM.setup_anndata(unlabelled, group_key="sample", labels_key="ct")
     with pytest.raises(ValueError, match="no annotation head"):
         sf.CellPLM.from_model(base, unlabelled).train_annotation_head()
 
@@ -547,11 +610,11 @@ def test_perturbation_effect_is_learned():
     adata = ad.AnnData(rng.poisson(rates).astype(np.float32), var=pd.DataFrame(index=genes))
     adata.obs["perturbation"] = np.where(perturbed, "p0", "ctrl")
     adata.obs["sample"] = np.repeat(["s1", "s2", "s3"], 80)
-    sf.CellPLM.setup_anndata(adata, sample_key="sample", perturbation_key="perturbation")
+    sf.CellPLM.setup_anndata(adata, group_key="sample", perturbation_key="perturbation")
     model = sf.CellPLM(adata, **TINY, dropout=0.0, use_covariates=False)
     model.train(max_epochs=50, lr=3e-3)
     controls = adata[~perturbed].copy()
-    sf.CellPLM.setup_anndata(controls, sample_key="sample")
+    sf.CellPLM.setup_anndata(controls, group_key="sample")
     base = model.get_denoised_expression(controls)
     after = model.get_perturbed_expression(["p0"], controls)
     effect = after[:, 1:6].mean() - base[:, 1:6].mean()
@@ -576,3 +639,43 @@ def test_kl_weight_warms_up_to_its_maximum(corpus):
     assert float(np.asarray(model.history["kl_weight"]).ravel()[-1]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="max_kl_weight"):
         model.train(max_epochs=1, max_kl_weight=float("nan"))
+
+
+# ------------------------------------------------------------------ training output
+#: what every training call printed before: scvi-tools' column-name log at setup, Lightning's
+#: device banner, litlogger tip and end-of-fit line, torch's LeafSpec deprecation
+NOISE = (
+    "Generating sequential column names",
+    "GPU available",
+    "TPU available",
+    "litlogger",
+    "LeafSpec",
+    "`Trainer.fit` stopped",
+)
+
+
+def _run_quietly(capfd, caplog, fn):
+    """Run ``fn``; return what it printed, logged or warned, after checking it has no NOISE."""
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    out, err = capfd.readouterr()
+    text = "\n".join([out, err, caplog.text, *(str(w.message) for w in caught)])
+    assert not [m for m in NOISE if m in text], text
+    return text
+
+
+def test_training_is_quiet_but_shows_progress(synthetic, capfd, caplog, monkeypatch):
+    def run():
+        sf.CellPLM.setup_anndata(synthetic, layer="counts", group_key="fov", spatial_key="spatial")
+        model = sf.CellPLM(synthetic, **TINY)
+        model.train(max_epochs=2, train_size=0.5)
+        assert model.trainer.progress_bar_callback is not None
+        model.get_latent_representation()
+
+    assert "Epoch 2/2" in _run_quietly(capfd, caplog, run)
+    monkeypatch.setattr(sf.settings, "progress_bar", False)
+    model = sf.CellPLM(synthetic, **TINY)
+    assert "Epoch" not in _run_quietly(capfd, caplog, lambda: model.train(max_epochs=1))
+    assert model.trainer.progress_bar_callback is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import mudata as md
 import numpy as np
@@ -25,10 +26,11 @@ from scfound.models.base import (
 )
 from scfound.models.base._mudata import NORM_BINARY, NORM_CLR, NORM_LOG1P_CP10K, NORM_TFIDF
 
-PBMC = "/work/shared/data/pbmc10k_cite.h5mu"
+#: the project's shared data folder sits next to the repository (see its DATA.md)
+PBMC = str(Path(__file__).resolve().parents[2] / "shared" / "data" / "pbmc10k_cite.h5mu")
 N_CELLS = 300
 
-pytestmark = pytest.mark.skipif(not os.path.exists(PBMC), reason="needs the shared PBMC 10k file")
+pytestmark = pytest.mark.skipif(not os.path.exists(PBMC), reason=f"needs {PBMC}")
 
 
 # ---------------------------------------------------------------------------- toy model

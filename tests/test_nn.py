@@ -52,6 +52,67 @@ def test_knn_graph_matches_sklearn_and_is_symmetric():
             assert (j, i) in pairs
 
 
+@pytest.mark.parametrize("n_dims", [2, 20])  # k-d tree / scikit-learn
+def test_knn_indices_are_exact_and_never_confuse_a_cell_with_its_twin(n_dims):
+    rng = np.random.default_rng(0)
+    points = rng.random((200, n_dims))
+    points[1] = points[0]  # two cells at the same position
+    idx, dist = snn.knn_indices(points, 6)
+    full = np.linalg.norm(points[:, None] - points[None], axis=-1)
+    np.fill_diagonal(full, np.inf)
+    np.testing.assert_allclose(dist, np.sort(full, 1)[:, :6], atol=1e-10)
+    assert not (idx == np.arange(200)[:, None]).any()
+    assert idx[0, 0] == 1 and idx[1, 0] == 0 and dist[0, 0] == 0
+    with_self, dist_self = snn.knn_indices(points, 6, include_self=True)
+    assert (with_self == np.arange(200)[:, None]).any(1).all()
+    # the point itself and its 5 nearest others (the same up to ties)
+    np.testing.assert_allclose(np.sort(dist_self, 1), np.c_[np.zeros(200), dist[:, :5]], atol=1e-6)
+    assert snn.knn_indices(points[:3], 10)[0].shape == (3, 2)
+    assert snn.knn_indices(points[:1], 10)[0].shape == (1, 0)
+
+
+def test_knn_adjacency_is_symmetric_within_groups():
+    rng = np.random.default_rng(0)
+    coords = rng.random((100, 2))
+    coords[50:] = coords[:50]  # two groups on the same coordinates
+    groups = np.repeat([0, 1], 50)
+    adj = snn.knn_adjacency(coords, 4, groups)
+    rows, cols = adj.nonzero()
+    assert (groups[rows] == groups[cols]).all() and (rows != cols).all()
+    assert (adj != adj.T).nnz == 0 and (np.asarray(adj.sum(1)).ravel() >= 4).all()
+    # each group alone gives the same graph
+    alone = snn.knn_adjacency(coords[:50], 4)
+    assert (adj[:50, :50] != alone).nnz == 0
+    assert snn.knn_adjacency(coords[:1], 4).nnz == 0
+
+
+def test_log_normalize_numpy_and_torch_agree():
+    import scipy.sparse as sp
+
+    from scfound._normalize import log_normalize
+
+    X = np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.5, 0.0]])
+    expected = np.log1p(np.array([[1.0, 3.0, 0.0], [0.0, 0.0, 0.0], [0.0, 4.0, 0.0]]))
+    np.testing.assert_allclose(log_normalize(X, 4.0), expected)
+    sparse = log_normalize(sp.csr_matrix(X), 4.0)
+    assert sp.issparse(sparse) and sparse.nnz == 3
+    np.testing.assert_allclose(sparse.toarray(), expected)
+    # a library below min_library is raised to it; log=False gives the scaled counts
+    clipped = log_normalize(X, 4.0, min_library=1.0, log=False)
+    np.testing.assert_allclose(clipped[2], [0.0, 2.0, 0.0])
+    # the library may come from elsewhere (all genes, when X holds some of them)
+    np.testing.assert_allclose(
+        log_normalize(X[:, :1], 4.0, library=np.array([4.0, 0.0, 1.0])), np.log1p(X[:, :1])
+    )
+    x32 = sp.csr_matrix(X.astype(np.float32))
+    assert log_normalize(x32, 4.0, library=np.ones(3, np.float32)).dtype == np.float32
+    t = torch.tensor(X)
+    np.testing.assert_allclose(snn.log_normalize(t, 4.0).numpy(), expected)
+    np.testing.assert_allclose(
+        snn.log_normalize(t, 4.0, min_library=1.0, log=False).numpy(), clipped
+    )
+
+
 def test_gat_only_sees_neighbours():
     torch.manual_seed(0)
     gat = snn.GATConv(8, 8, n_heads=2).eval()

@@ -8,11 +8,14 @@ preceded by a comment ``<!-- snippet: not run (reason) -->`` and is skipped with
 """
 
 import re
+import textwrap
 from pathlib import Path
 
 import lightning.pytorch as pl
 import matplotlib
 import pytest
+
+import scfound as sf
 
 matplotlib.use("Agg")
 
@@ -26,7 +29,7 @@ BLOCK = re.compile(
 def snippets(path: str) -> list[tuple[str, str | None]]:
     """The ``python`` blocks of a Markdown file and, for those not run, the reason."""
     text = (ROOT / path).read_text()
-    return [(m["code"], m["reason"]) for m in BLOCK.finditer(text)]
+    return [(textwrap.dedent(m["code"]), m["reason"]) for m in BLOCK.finditer(text)]
 
 
 @pytest.fixture
@@ -36,10 +39,10 @@ def one_epoch(monkeypatch):
     def short(self, *args, **kwargs):
         kwargs["max_epochs"] = 1
         kwargs.pop("max_steps", None)
-        kwargs["enable_progress_bar"] = False
         init(self, *args, **kwargs)
 
     monkeypatch.setattr(pl.Trainer, "__init__", short)
+    monkeypatch.setattr(sf.settings, "progress_bar", False)
 
 
 def test_every_file_with_snippets_is_checked():

@@ -1,4 +1,9 @@
+import inspect
+import logging
+import warnings
+
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -31,7 +36,10 @@ def test_train_save_load_round_trip(synthetic, tmp_path, options):
     model.train(max_epochs=1, train_size=0.5)
     assert "train_loss" in model.history and "validation_loss" in model.history
     z = model.get_latent_representation()
-    imputed = model.get_imputed_expression()
+    frame = model.get_imputed_expression()
+    assert isinstance(frame, pd.DataFrame) and (frame.dtypes == np.float32).all()
+    assert frame.index.equals(adata.obs_names) and frame.columns.equals(adata.var_names)
+    imputed = frame.to_numpy()
     assert z.shape == (adata.n_obs, 4)
     assert imputed.shape == adata.shape
     assert np.isfinite(imputed).all() and (imputed >= 0).all()
@@ -59,7 +67,7 @@ def test_results_follow_the_original_cell_order(synthetic):
     model2.is_trained_ = True
     model.max_cells = None
     np.testing.assert_allclose(
-        model2.get_imputed_expression()[np.argsort(perm)],
+        model2.get_imputed_expression().to_numpy()[np.argsort(perm)],
         model.get_imputed_expression(),
         rtol=1e-4,
         atol=1e-5,
@@ -72,13 +80,20 @@ def test_keep_observed_and_log_scale(synthetic):
     model.train(max_epochs=1)
     counts = adata.layers["counts"]
     counts = counts.toarray() if hasattr(counts, "toarray") else counts
-    kept = model.get_imputed_expression(keep_observed=True)
+    kept = model.get_imputed_expression(keep_observed=True).to_numpy()
     assert np.array_equal(kept[counts > 0], counts[counts > 0])
-    logged = model.get_imputed_expression(scale="log1p")
+    logged = model.get_imputed_expression(scale="log1p").to_numpy()
     lib = np.expm1(logged).sum(1)
     np.testing.assert_allclose(lib, model.module.target_sum, rtol=1e-3)
     with pytest.raises(ValueError, match="scale"):
         model.get_imputed_expression(scale="raw")
+    # a subset of the genes: the same values (log1p normalises over all genes first)
+    genes = ["gene_3", "gene_0"]
+    subset = model.get_imputed_expression(genes=genes, scale="log1p")
+    assert list(subset.columns) == genes and subset.index.equals(adata.obs_names)
+    np.testing.assert_array_equal(subset, logged[:, adata.var_names.get_indexer(genes)])
+    with pytest.raises(ValueError, match=r"1 requested gene\(s\) are not in adata.var_names"):
+        model.get_imputed_expression(genes=["gene_0", "nope"])
 
 
 def test_training_lowers_heldout_error(synthetic):
@@ -169,3 +184,72 @@ def test_load_rejects_other_genes(synthetic, tmp_path):
         sf.SpaFormer.load(tmp_path / "m", synthetic[:, ::-1].copy())
     with pytest.raises(ValueError, match="already holds a model"):
         model.save(tmp_path / "m")
+
+
+# ------------------------------------------------------------------ training output
+#: what every training call printed before: scvi-tools' column-name log at setup, Lightning's
+#: device banner, litlogger tip and end-of-fit line, torch's LeafSpec deprecation
+NOISE = (
+    "Generating sequential column names",
+    "GPU available",
+    "TPU available",
+    "litlogger",
+    "LeafSpec",
+    "`Trainer.fit` stopped",
+)
+
+
+def _run_quietly(capfd, caplog, fn):
+    """Run ``fn``; return what it printed, logged or warned, after checking it has no NOISE."""
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    out, err = capfd.readouterr()
+    text = "\n".join([out, err, caplog.text, *(str(w.message) for w in caught)])
+    assert not [m for m in NOISE if m in text], text
+    return text
+
+
+def test_group_models_share_the_mixin_and_keep_their_defaults():
+    from scfound.models.base import GroupModelMixin
+
+    for cls, defaults in [
+        (sf.SpaFormer, {"max_epochs": 200, "lr": 1e-3, "weight_decay": 5e-4}),
+        (sf.CellPLM, {"max_epochs": 100, "lr": 2e-4, "weight_decay": 1e-8}),
+    ]:
+        assert issubclass(cls, GroupModelMixin)
+        params = inspect.signature(cls.train).parameters
+        assert {k: params[k].default for k in defaults} == defaults
+    shared = inspect.signature(GroupModelMixin.train).parameters
+    assert shared["enable_progress_bar"].default is None and shared["strategy"].default == "auto"
+
+
+def test_training_shows_progress_by_default_and_settings_silence_it(
+    synthetic, capfd, caplog, monkeypatch
+):
+    assert sf.settings.progress_bar is True
+    model = sf.SpaFormer(_setup(synthetic), **SMALL)
+    text = _run_quietly(capfd, caplog, lambda: model.train(max_epochs=2))
+    assert model.trainer.progress_bar_callback is not None
+    assert "Epoch 2/2" in text and "train_loss" in text
+    monkeypatch.setattr(sf.settings, "progress_bar", False)
+    text = _run_quietly(capfd, caplog, lambda: model.train(max_epochs=1))
+    assert model.trainer.progress_bar_callback is None and "Epoch" not in text
+    model.train(max_epochs=1, enable_progress_bar=True)  # the argument overrides the setting
+    assert model.trainer.progress_bar_callback is not None
+    assert "Epoch 1/1" in capfd.readouterr().out
+    with pytest.raises(TypeError, match="progress_bar"):
+        sf.settings.progress_bar = "no"
+
+
+def test_setup_and_training_print_no_noise(synthetic, capfd, caplog):
+    def run():
+        model = sf.SpaFormer(_setup(synthetic), **SMALL)
+        model.train(max_epochs=1, train_size=0.5, early_stopping=True)
+        model.get_imputed_expression()
+
+    _run_quietly(capfd, caplog, run)
+    # the filters are gone after training: the same kind of message is shown again
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").info("GPU available: control")
+    assert "GPU available: control" in caplog.text

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import scfound as sf
-from scfound.data._paired_loader import block_edges, knn_adjacency, spatial_blocks
+from scfound.data._paired_loader import block_edges, spatial_blocks
+from scfound.nn import knn_adjacency
 from scfound.nn._alignment import (
     MMD_MULTIPLIERS,
     column_pearson,
@@ -94,18 +95,20 @@ def test_blocks_partition_and_graph_stays_within_samples():
 
 def test_stai_imputes_unmeasured_genes_and_annotates(pair):
     spatial, reference, truth = pair
-    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial", sample_key="fov")
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial", group_key="fov")
     sf.STAI.setup_anndata(reference, layer="counts", labels_key="cell_type")
     model = sf.STAI(spatial, reference, **FAST)
     model.train(max_epochs=60, batch_size=256)
     assert model.n_folds == 3 and len(model.shared_genes) == 20
-    imputed = model.get_imputed_expression()
+    imputed = model.get_imputed_expression(scale="log1p")
+    assert imputed.dtypes.eq(np.float32).all()
     assert list(imputed.columns) == list(reference.var_names[20:])
     assert imputed.index.equals(spatial.obs_names)
     pccs = [_pcc(imputed.iloc[:, j].to_numpy(), truth[:, j]) for j in range(10)]
     assert np.median(pccs) > 0.3  # knowing the true cell type gives 0.40
     # counts: the neighbours' normalised expression at the cell's depth over the shared genes
-    counts = model.get_imputed_expression(scale="counts")
+    counts = model.get_imputed_expression()  # the default scale
+    np.testing.assert_array_equal(counts, model.get_imputed_expression(spatial, scale="counts"))
     ref_counts = np.asarray(reference.layers["counts"], dtype=np.float64)
     per_10k = ref_counts / ref_counts.sum(1, keepdims=True) * 1e4
     weights = sum(model._neighbour_weights(m).toarray() for m in range(3)) / 3
@@ -123,7 +126,7 @@ def test_stai_imputes_unmeasured_genes_and_annotates(pair):
     table = model.calibrate_imputation((0.25, 1.0))
     assert list(table.index) == [0.25, 1.0] and np.isfinite(table).all()
     assert model.imputation_temperature_ == table.idxmax()
-    sharp = model.get_imputed_expression(temperature=0.25)
+    sharp = model.get_imputed_expression(scale="log1p", temperature=0.25)
     np.testing.assert_allclose(
         model.get_imputed_expression(), model.get_imputed_expression(temperature=table.idxmax())
     )
@@ -157,7 +160,9 @@ def test_save_load_round_trip(pair, tmp_path):
     model.save(tmp_path / "m")
     loaded = sf.STAI.load(tmp_path / "m", spatial.copy(), reference.copy())
     genes = ["gene_25"]
-    assert np.allclose(loaded.get_imputed_expression(genes), model.get_imputed_expression(genes))
+    assert np.allclose(
+        loaded.get_imputed_expression(genes=genes), model.get_imputed_expression(genes=genes)
+    )
     model.imputation_temperature_ = 0.5
     model.save(tmp_path / "t")
     reloaded = sf.STAI.load(tmp_path / "t", spatial.copy(), reference.copy())
@@ -167,6 +172,39 @@ def test_save_load_round_trip(pair, tmp_path):
         model.save(tmp_path / "m")
     with pytest.raises(ValueError, match="do not match"):
         sf.STAI.load(tmp_path / "m", spatial[:, :10].copy(), reference.copy())
+
+
+def test_sample_key_is_a_deprecated_alias_and_old_saves_load(pair, tmp_path):
+    import json
+
+    spatial, reference, _ = pair
+    with pytest.warns(FutureWarning, match="sample_key.*deprecated.*group_key"):
+        sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial", sample_key="fov")
+    with pytest.raises(ValueError, match="pass `group_key` only"):
+        sf.STAI.setup_anndata(spatial, spatial_key="spatial", group_key="fov", sample_key="x")
+    sf.STAI.setup_anndata(reference, layer="counts")
+    model = sf.STAI(spatial, reference, **FAST)
+    args = model.adata_manager.registry["setup_args"]
+    assert args["group_key"] == "fov" and "sample_key" not in args
+    codes = pd.factorize(spatial.obs["fov"])[0]
+    rows, cols = model._adjacency.nonzero()
+    assert len(np.unique(codes)) == 2 and (codes[rows] == codes[cols]).all()
+    model.train(max_epochs=1, batch_size=256)
+    model.save(tmp_path / "m")
+    # a model saved before the rename recorded `sample_key`: it loads, without a warning
+    meta_file = tmp_path / "m" / "model.json"
+    meta = json.loads(meta_file.read_text())
+    meta["spatial_setup"]["sample_key"] = meta["spatial_setup"].pop("group_key")
+    meta_file.write_text(json.dumps(meta))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        loaded = sf.STAI.load(tmp_path / "m", spatial.copy(), reference.copy())
+    assert loaded.adata_manager.registry["setup_args"]["group_key"] == "fov"
+    np.testing.assert_array_equal(loaded._samples, model._samples)
+    np.testing.assert_allclose(
+        loaded.get_imputed_expression(genes=["gene_25"]),
+        model.get_imputed_expression(genes=["gene_25"]),
+    )
 
 
 def test_reference_smoothing_averages_values_over_expression_neighbours(pair, tmp_path):
@@ -179,7 +217,7 @@ def test_reference_smoothing_averages_values_over_expression_neighbours(pair, tm
         model = sf.STAI(spatial, reference, reference_smoothing=8, reference_transform="scale")
     model.train(max_epochs=2, batch_size=256)
     genes = ["gene_21", "gene_25"]
-    smoothed = model.get_imputed_expression(genes).to_numpy()
+    smoothed = model.get_imputed_expression(genes=genes, scale="log1p").to_numpy()
     counts = np.asarray(reference.layers["counts"], dtype=np.float64)
     values = np.log1p(counts / counts.sum(1, keepdims=True) * 1e4)[
         :, reference.var_names.get_indexer(genes)
@@ -190,16 +228,24 @@ def test_reference_smoothing_averages_values_over_expression_neighbours(pair, tm
     )
     np.testing.assert_allclose(smoothed, expected, rtol=1e-4, atol=1e-5)
     model.reference_smoothing = None
-    assert not np.allclose(model.get_imputed_expression(genes).to_numpy(), smoothed)
+    assert not np.allclose(
+        model.get_imputed_expression(genes=genes, scale="log1p").to_numpy(), smoothed
+    )
     model.reference_smoothing = 3  # a new k builds a new matrix
-    assert not np.allclose(model.get_imputed_expression(genes).to_numpy(), smoothed)
+    assert not np.allclose(
+        model.get_imputed_expression(genes=genes, scale="log1p").to_numpy(), smoothed
+    )
     model.reference_smoothing = 8
-    np.testing.assert_allclose(model.get_imputed_expression(genes).to_numpy(), smoothed)
+    np.testing.assert_allclose(
+        model.get_imputed_expression(genes=genes, scale="log1p").to_numpy(), smoothed
+    )
     model.save(tmp_path / "m")
     with pytest.warns(UserWarning, match="transcriptome-wide"):
         loaded = sf.STAI.load(tmp_path / "m", spatial.copy(), reference.copy())
     assert loaded.reference_smoothing == 8
-    np.testing.assert_allclose(loaded.get_imputed_expression(genes).to_numpy(), smoothed)
+    np.testing.assert_allclose(
+        loaded.get_imputed_expression(genes=genes, scale="log1p").to_numpy(), smoothed
+    )
 
 
 @pytest.mark.parametrize("how", ["cp10k_log1p", "scale", "log1p"])
@@ -259,7 +305,14 @@ def test_clear_errors(pair):
     with pytest.raises(ValueError, match="without labels"):
         model.predict()
     with pytest.raises(ValueError, match="not in the reference"):
-        model.get_imputed_expression(["nope"])
+        model.get_imputed_expression(genes=["nope"])
+    # the first argument is the spatial data: genes passed there get a pointer to `genes=`
+    with pytest.raises(ValueError, match="pass genes as `genes="):
+        model.get_imputed_expression(["gene_21"])
+    with pytest.raises(ValueError, match="not the spatial data the model was set up with"):
+        model.get_imputed_expression(spatial[:10].copy())
+    with pytest.raises(ValueError, match="not the spatial data the model was set up with"):
+        model.get_imputed_expression(reference)
 
 
 def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
@@ -343,3 +396,49 @@ def test_osmfish_half_as_reference_recovers_a_held_out_gene(reference_transform,
         sf.tl.impute(spatial, **kwargs)
     truth = osm[~is_ref].obs_vector("Sox10", layer="counts")
     assert _pcc(spatial.obsm["stai_imputed"]["Sox10"].to_numpy(), truth) > min_pcc
+
+
+# ------------------------------------------------------------------ training output
+#: what every training call printed before: scvi-tools' column-name log at setup, Lightning's
+#: device banner, litlogger tip and end-of-fit line, torch's LeafSpec deprecation,
+#: and Lightning's guess at the size of a two-dataset batch
+NOISE = (
+    "Generating sequential column names",
+    "GPU available",
+    "TPU available",
+    "litlogger",
+    "LeafSpec",
+    "`Trainer.fit` stopped",
+    "ambiguous collection",
+)
+
+
+def _run_quietly(capfd, caplog, fn):
+    """Run ``fn``; return what it printed, logged or warned, after checking it has no NOISE."""
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    out, err = capfd.readouterr()
+    text = "\n".join([out, err, caplog.text, *(str(w.message) for w in caught)])
+    assert not [m for m in NOISE if m in text], text
+    return text
+
+
+def test_training_is_quiet_but_shows_progress(pair, capfd, caplog, monkeypatch):
+    spatial, reference, _ = pair
+
+    def run():
+        sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial", group_key="fov")
+        sf.STAI.setup_anndata(reference, layer="counts", labels_key="cell_type")
+        model = sf.STAI(spatial, reference, **FAST)
+        model.train(max_epochs=2, batch_size=128)
+        assert model.trainer.progress_bar_callback is not None
+        model.get_imputed_expression()
+
+    assert "Epoch 2/2" in _run_quietly(capfd, caplog, run)
+    monkeypatch.setattr(sf.settings, "progress_bar", False)
+    with pytest.warns(UserWarning, match="reference measures only"):
+        model = sf.STAI(spatial, reference, **FAST)
+    assert "Epoch" not in _run_quietly(capfd, caplog, lambda: model.train(max_epochs=1))
+    assert model.trainer.progress_bar_callback is None

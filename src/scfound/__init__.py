@@ -3,6 +3,7 @@
 from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, metrics, pl, pp, tl
+from ._settings import settings
 from .models import STAI, CellPLM, SpaFormer
 
 try:
@@ -10,4 +11,4 @@ try:
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["STAI", "CellPLM", "SpaFormer", "datasets", "metrics", "pl", "pp", "tl"]
+__all__ = ["STAI", "CellPLM", "SpaFormer", "datasets", "metrics", "pl", "pp", "settings", "tl"]

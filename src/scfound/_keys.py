@@ -61,68 +61,32 @@ def imputed_key(method: str) -> str:
 
 
 def denoised_key(method: str) -> str:
-    """Layer of denoised expression, ``"<method>_denoised"``.
-
-    Parameters
-    ----------
-    method
-        Method name, e.g. ``"cellplm"``.
-    """
+    """Layer of denoised expression, ``"<method>_denoised"``."""
     return f"{_check_method(method)}_denoised"
 
 
 def embedding_key(method: str) -> str:
-    """``obsm`` key of a cell embedding, ``"X_<method>"`` (scanpy's ``X_pca``, ``X_umap``).
-
-    Parameters
-    ----------
-    method
-        Method name, e.g. ``"cellplm"``.
-    """
+    """``obsm`` key of a cell embedding, ``"X_<method>"`` (scanpy's ``X_pca``, ``X_umap``)."""
     return f"X_{_check_method(method)}"
 
 
 def gene_embedding_key(method: str) -> str:
-    """``varm`` key of a gene embedding, ``"X_<method>"``.
-
-    Parameters
-    ----------
-    method
-        Method name.
-    """
+    """``varm`` key of a gene embedding, ``"X_<method>"``."""
     return f"X_{_check_method(method)}"
 
 
 def prediction_key(method: str) -> str:
-    """``obs`` column of predicted labels, ``"<method>_prediction"``.
-
-    Parameters
-    ----------
-    method
-        Method name (or the ``key_added`` of an ``annotate`` call).
-    """
+    """``obs`` column of predicted labels, ``"<method>_prediction"``."""
     return f"{_check_method(method)}_prediction"
 
 
 def confidence_key(method: str) -> str:
-    """``obs`` column with the probability of each predicted label, ``"<method>_confidence"``.
-
-    Parameters
-    ----------
-    method
-        Method name (or the ``key_added`` of an ``annotate`` call).
-    """
+    """``obs`` column with the probability of each predicted label, ``"<method>_confidence"``."""
     return f"{_check_method(method)}_confidence"
 
 
 def probabilities_key(method: str) -> str:
-    """``obsm`` key of class probabilities (DataFrame), ``"<method>_probabilities"``.
-
-    Parameters
-    ----------
-    method
-        Method name (or the ``key_added`` of an ``annotate`` call).
-    """
+    """``obsm`` key of class probabilities (DataFrame), ``"<method>_probabilities"``."""
     return f"{_check_method(method)}_probabilities"
 
 
@@ -140,13 +104,7 @@ def modality_key(method: str, modality: str) -> str:
 
 
 def matching_key(method: str) -> str:
-    """``obsm`` key of matching probabilities (sparse, cells x other cells).
-
-    Parameters
-    ----------
-    method
-        Method name.
-    """
+    """``obsm`` key of matching probabilities (sparse, cells x other cells)."""
     return f"{_check_method(method)}_matching"
 
 

@@ -66,9 +66,9 @@ def log_normalize(
     --------
     >>> import numpy as np
     >>> from scfound._normalize import log_normalize
-    >>> log_normalize(np.array([[1.0, 3.0], [0.0, 0.0]]), 4.0)
-    array([[0.69314718, 1.38629436],
-           [0.        , 0.        ]])
+    >>> log_normalize(np.array([[2.0, 6.0], [0.0, 0.5]]), 8.0, min_library=1.0, log=False)
+    array([[2., 6.],
+           [0., 4.]])
     """
     library = library_size(X) if library is None else np.asarray(library).ravel()
     if min_library > 0:

@@ -11,6 +11,7 @@ from anndata import AnnData
 from matplotlib.figure import Figure
 from sklearn.metrics import confusion_matrix
 
+from scfound._docs import doc_params, doc_show_save
 from scfound._keys import find_prediction
 from scfound.metrics import annotation_scores, per_class_scores
 
@@ -21,7 +22,8 @@ MAX_ANNOTATED_CLASSES = 15
 CELL_SIZE = 0.45
 
 
-def annotation(
+@doc_params(show_save=doc_show_save)
+def annotation(  # noqa: D417 - show and save are filled in by doc_params
     adata: AnnData | pd.DataFrame,
     truth_key: str,
     prediction_key: str | None = None,
@@ -58,11 +60,7 @@ def annotation(
         recall of each class; ``False`` shows numbers of cells.
     cmap
         Colour map of the confusion matrix.
-    show
-        ``True`` calls :func:`matplotlib.pyplot.show`; ``None`` leaves the figure open in pyplot
-        (notebooks display it); ``False`` closes it in pyplot (the returned figure stays usable).
-    save
-        File to write the figure to (``dpi=150``, ``bbox_inches="tight"``).
+    {show_save}
 
     Returns
     -------
@@ -80,7 +78,7 @@ def annotation(
     >>> import pandas as pd
     >>> import scfound as sf
     >>> obs = pd.DataFrame(
-    ...     {"celltype": ["a", "a", "b", "b"], "stai_prediction": ["a", "b", "b", "b"]}
+    ...     {{"celltype": ["a", "a", "b", "b"], "stai_prediction": ["a", "b", "b", "b"]}}
     ... )
     >>> fig = sf.pl.annotation(obs, "celltype")
     """

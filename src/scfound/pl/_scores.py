@@ -11,6 +11,8 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from scfound._docs import doc_params, doc_show_save
+
 from ._utils import finish_figure
 
 #: Metrics for which a smaller value is better; genes are then sorted in ascending order.
@@ -20,7 +22,8 @@ MAX_LABELLED_GENES = 60
 MARKERS = ("o", "s", "D", "^", "v", "P", "X", "*")
 
 
-def gene_scores(
+@doc_params(show_save=doc_show_save)
+def gene_scores(  # noqa: D417 - show and save are filled in by doc_params
     scores: pd.DataFrame | Mapping[str, pd.DataFrame],
     *,
     metric: str = "pcc",
@@ -45,12 +48,7 @@ def gene_scores(
         order.
     ax
         Axes to draw into; by default a new figure is created.
-    show
-        ``True`` calls :func:`matplotlib.pyplot.show`; ``None`` leaves the figure open in pyplot
-        (notebooks display it); ``False`` closes a figure created here in pyplot (the returned
-        figure stays usable).
-    save
-        File to write the figure to (``dpi=150``, ``bbox_inches="tight"``).
+    {show_save}
 
     Returns
     -------
@@ -67,9 +65,9 @@ def gene_scores(
     --------
     >>> import pandas as pd
     >>> import scfound as sf
-    >>> spaformer = pd.DataFrame({"pcc": [0.8, 0.5, 0.6]}, index=["Gad2", "Mbp", "Vtn"])
-    >>> knn = pd.DataFrame({"pcc": [0.7, 0.4, 0.6]}, index=["Gad2", "Mbp", "Vtn"])
-    >>> fig = sf.pl.gene_scores({"SpaFormer": spaformer, "kNN": knn}, metric="pcc")
+    >>> spaformer = pd.DataFrame({{"pcc": [0.8, 0.5, 0.6]}}, index=["Gad2", "Mbp", "Vtn"])
+    >>> knn = pd.DataFrame({{"pcc": [0.7, 0.4, 0.6]}}, index=["Gad2", "Mbp", "Vtn"])
+    >>> fig = sf.pl.gene_scores({{"SpaFormer": spaformer, "kNN": knn}}, metric="pcc")
     """
     frames = _as_frames(scores, metric)
     first = frames[next(iter(frames))][metric]

@@ -15,6 +15,7 @@ from matplotlib.axes import Axes
 from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
+from scfound._docs import doc_params, doc_show_save
 from scfound._keys import find_imputed
 from scfound._normalize import library_size, log_normalize
 from scfound._utils import get_matrix, get_spatial, layer_name, to_dense
@@ -25,7 +26,8 @@ MASKED_COLOR = "#d9d9d9"
 PANEL_WIDTH = 3.2
 
 
-def imputed_genes(
+@doc_params(show_save=doc_show_save)
+def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
     adata: AnnData,
     genes: str | Sequence[str],
     *,
@@ -103,11 +105,7 @@ def imputed_genes(
         Colour map of the expression values.
     ncols
         Number of genes placed side by side in one row of the figure (default 1).
-    show
-        ``True`` calls :func:`matplotlib.pyplot.show`; ``None`` leaves the figure open in pyplot
-        (notebooks display it); ``False`` closes it in pyplot (the returned figure stays usable).
-    save
-        File to write the figure to (``dpi=150``, ``bbox_inches="tight"``).
+    {show_save}
 
     Returns
     -------

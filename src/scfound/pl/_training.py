@@ -13,12 +13,15 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
+from scfound._docs import doc_params, doc_show_save
+
 from ._utils import finish_figure
 
 DEFAULT_KEYS = ("train_loss", "validation_loss")
 
 
-def training_curves(
+@doc_params(show_save=doc_show_save)
+def training_curves(  # noqa: D417 - show and save are filled in by doc_params
     history: Any,
     *,
     keys: str | Sequence[str] | None = None,
@@ -40,12 +43,7 @@ def training_curves(
         silently, requested ones with a warning.
     ax
         Axes to draw into; by default a new figure is created.
-    show
-        ``True`` calls :func:`matplotlib.pyplot.show`; ``None`` leaves the figure open in pyplot
-        (notebooks display it); ``False`` closes a figure created here in pyplot (the returned
-        figure stays usable).
-    save
-        File to write the figure to (``dpi=150``, ``bbox_inches="tight"``).
+    {show_save}
 
     Returns
     -------

@@ -9,6 +9,7 @@ import pandas as pd
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from .._constants import DEFAULT_SPATIAL_KEY
 from .._utils import get_obs_column, get_spatial, record
 
 
@@ -17,7 +18,7 @@ def spatial_tiles(
     *,
     tile_size: float | None = None,
     n_tiles: int | None = None,
-    spatial_key: str = "spatial",
+    spatial_key: str = DEFAULT_SPATIAL_KEY,
     key_added: str = "spatial_tile",
     min_cells: int = 1,
     copy: bool = False,
@@ -152,7 +153,7 @@ def spatial_graph(
     method: Literal["knn", "radius"] = "knn",
     n_neighs: int = 6,
     radius: float | None = None,
-    spatial_key: str = "spatial",
+    spatial_key: str = DEFAULT_SPATIAL_KEY,
     group_key: str | None = None,
     copy: bool = False,
 ) -> AnnData | None:

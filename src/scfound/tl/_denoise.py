@@ -8,25 +8,25 @@ import numpy as np
 from anndata import AnnData
 from mudata import MuData
 
+from scfound._docs import doc_adata, doc_params, doc_returns, doc_shared
 from scfound._keys import denoised_key
 from scfound._utils import check_scale
 
 from ._methods import Result
 from ._run import run
 
-VERB = "denoise"
 
-
-def denoise(
+@doc_params(adata=doc_adata, shared=doc_shared, returns=doc_returns)
+def denoise(  # noqa: D417 - shared parameters are filled in by doc_params
     adata: AnnData | MuData,
     method: str = "cellplm",
     *,
+    scale: Literal["counts", "log1p"] = "log1p",
+    key_added: str | None = None,
     layer: str | None = None,
     spatial_key: str = "spatial",
     group_key: str | None = None,
     model: Any = None,
-    scale: Literal["counts", "log1p"] = "log1p",
-    key_added: str | None = None,
     max_epochs: int | None = None,
     model_kwargs: dict[str, Any] | None = None,
     train_kwargs: dict[str, Any] | None = None,
@@ -41,54 +41,23 @@ def denoise(
 
     Parameters
     ----------
-    adata
-        Cells x genes with raw counts in ``layer`` (or ``.X``); a MuData reads modality ``mod``.
+    {adata}
     method
-        A method that supports denoising (``"cellplm"``).
-    layer, spatial_key, group_key, model, max_epochs, model_kwargs, train_kwargs, seed, mod
-        As in :func:`scfound.tl.impute` (CellPLM trains 50 epochs by default here).
+        A method that supports denoising (``"cellplm"``; it trains 50 epochs by default here).
     scale
         ``"log1p"`` (log-normalised to 1e4, the CellPLM paper's metric space) or ``"counts"``.
     key_added
         Layer to write; default ``"<method>_denoised"``.
-    return_model
-        Also return the model, so that another verb can reuse it (``model=``).
-    copy
-        Return a modified copy instead of writing into ``adata``.
-    sample_key
-        Deprecated name of ``group_key``.
-    **options
-        Options of the method (CellPLM: ``gene_key``, ``fine_tune``).
+    {shared}
 
     Returns
     -------
-    ``None``, the copy, the model (``return_model``) or ``(copy, model)``. Writes
-    ``adata.layers[key_added]`` (genes the model does not know are NaN) and
+    {returns} Writes ``adata.layers[key_added]`` (genes the model does not know are NaN) and
     ``adata.uns['scfound']['denoise'][key_added]``.
     """
     check_scale(scale)
     key_added = key_added or denoised_key(method)
-    return run(
-        VERB,
-        adata,
-        method,
-        common={"scale": scale},
-        options=options,
-        write=_write,
-        key_added=key_added,
-        mod=mod,
-        copy=copy,
-        return_model=return_model,
-        group_key=group_key,
-        sample_key=sample_key,
-        layer=layer,
-        spatial_key=spatial_key,
-        model=model,
-        max_epochs=max_epochs,
-        model_kwargs=model_kwargs,
-        train_kwargs=train_kwargs,
-        seed=seed,
-    )
+    return run("denoise", locals(), common=("scale",), write=_write)
 
 
 def _write(adata: AnnData, result: Result, key: str) -> None:

@@ -18,6 +18,7 @@ from mudata import MuData
 from scfound._utils import get_matrix, layer_name, record, resolve_group_key
 
 from ._methods import ADAPTERS, Inputs, Result, get_adapter
+from ._methods._minimal import summary
 
 #: the modality a verb reads from a MuData when ``mod`` is not given and it has several
 DEFAULT_MODALITY = "rna"
@@ -85,71 +86,74 @@ def check_options(method: str, verb: str, options: dict[str, Any], common: tuple
         )
 
 
+#: the verb arguments that become fields of :class:`~scfound.tl._methods.Inputs`
+INPUT_FIELDS = (
+    "layer",
+    "spatial_key",
+    "reference_layer",
+    "model",
+    "max_epochs",
+    "seed",
+    "model_kwargs",
+    "train_kwargs",
+)
+
+
 def run(
     verb: str,
-    data: AnnData | MuData,
-    method: str,
+    args: dict[str, Any],
     *,
-    common: dict[str, Any],
-    options: dict[str, Any],
+    common: tuple[str, ...],
     write: Callable[[AnnData, Result, str], None],
-    key_added: str,
-    mod: str | None,
-    copy: bool,
-    return_model: bool,
-    reference: AnnData | MuData | None = None,
-    group_key: str | None = None,
-    sample_key: str | None = None,
-    record_params: dict[str, Any] | None = None,
-    **inputs: Any,
 ) -> Any:
-    """Run ``verb`` with ``method``: the four steps, in one place for every verb.
+    """Run ``verb`` on the arguments of its call (``args``): the four steps, for every verb.
 
-    ``common`` holds the verb's own arguments handed to the adapter (``genes``, ``scale``,
-    ``labels_key``), ``options`` the method-only ones (checked against the adapter's), ``inputs``
-    the fields of :class:`~scfound.tl._methods.Inputs`. Nothing is written before the adapter
-    has returned, so a failure leaves ``data`` as it was.
+    ``common`` names the verb's own arguments handed to the adapter (``genes``, ``scale``,
+    ``labels_key``); ``args["options"]`` holds the method-only ones (checked against the
+    adapter's); the arguments in :data:`INPUT_FIELDS` form the adapter's
+    :class:`~scfound.tl._methods.Inputs`. Nothing is written before the adapter has returned,
+    so a failure leaves the data as they were.
     """
+    data, method, options = args["adata"], args["method"], args["options"]
+    reference = args.get("reference")
     check_data(data)
     if reference is not None:
         check_data(reference, "reference")
     adapter = get_adapter(method, verb)
-    check_options(method, verb, options, tuple(common))
+    check_options(method, verb, options, common)
     if reference is not None and not adapter.uses_reference:
         raise ValueError(
             f"method {method!r} does not read a `reference`; drop reference= or pick a method "
             f"that does: {[m for m, a in ADAPTERS.items() if a.uses_reference]}."
         )
-    group_key = resolve_group_key(group_key, sample_key, f"tl.{verb}")
+    group_key = resolve_group_key(args["group_key"], args["sample_key"], f"tl.{verb}")
+    inputs = {k: args[k] for k in INPUT_FIELDS if k in args}
     for name in ("model_kwargs", "train_kwargs"):
         inputs[name] = dict(inputs.get(name) or {})
-    data = data.copy() if copy else data
-    adata = modality(data, mod)
-    ref = None if reference is None else modality(reference, mod, "reference")
+    own = {k: args[k] for k in common}
+    data = data.copy() if args["copy"] else data
+    adata = modality(data, args["mod"])
+    ref = None if reference is None else modality(reference, args["mod"], "reference")
     if inputs.get("model") is None:
         warn_if_not_counts(adata, inputs.get("layer"), adapter.model_class.__name__)
     result = getattr(adapter, verb)(
-        Inputs(adata=adata, reference=ref, group_key=group_key, **inputs), **common, **options
+        Inputs(adata=adata, reference=ref, group_key=group_key, **inputs), **own, **options
     )
-    write(adata, result, key_added)
-    from ._methods._minimal import summary
-
+    write(adata, result, args["key_added"])
+    recorded = {k: v for k, v in inputs.items() if k != "model"}
     params = {
         "method": method,
-        "key_added": key_added,
-        "layer": inputs.get("layer"),
+        "key_added": args["key_added"],
         "group_key": group_key,
         "reference": reference is not None,
-        "max_epochs": inputs.get("max_epochs"),
-        "seed": inputs.get("seed"),
-        **{k: v for k, v in common.items() if not isinstance(v, list | tuple) or len(v) < 50},
+        **recorded,
+        **own,
         **options,
-        **(record_params or {}),
         **result.params,
         **summary(result.model),
     }
-    record(adata, verb, key_added, params)
-    out = data if copy else None
-    if return_model:
-        return (out, result.model) if copy else result.model
+    record(adata, verb, args["key_added"], params)
+    out = data if args["copy"] else None
+    if args["return_model"]:
+        return (out, result.model) if args["copy"] else result.model
     return out

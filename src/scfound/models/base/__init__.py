@@ -1,5 +1,7 @@
 """What several models share: safe save/load, group-wise training and inference, MuData setup."""
 
+from ._fields import QuietObsmField
+from ._group import GroupModelMixin
 from ._mudata import (
     MODALITY_KINDS,
     ModalityKind,
@@ -11,16 +13,21 @@ from ._mudata import (
     validate_mudata,
 )
 from ._save import SafeSaveMixin, check_genes, read_model_meta, write_model
+from ._training import progress_bar_default, quiet_lightning
 
 __all__ = [
     "MODALITY_KINDS",
+    "GroupModelMixin",
     "ModalityKind",
     "MuDataSetupMixin",
+    "QuietObsmField",
     "SafeSaveMixin",
     "build_mudata_fields",
     "check_genes",
     "get_modality_matrix",
     "get_modality_var_names",
+    "progress_bar_default",
+    "quiet_lightning",
     "read_model_meta",
     "registered_modalities",
     "validate_mudata",

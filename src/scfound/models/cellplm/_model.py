@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -16,10 +16,8 @@ from scvi.data.fields import (
     CategoricalObsField,
     LabelsWithUnlabeledObsField,
     LayerField,
-    ObsmField,
 )
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainingPlan, TrainRunner
 
 from scfound._constants import DATASET_KEY, MEASURED_KEY, SPATIAL_KEY
 from scfound._utils import (
@@ -32,9 +30,8 @@ from scfound._utils import (
     record_group_key,
     resolve_group_key,
 )
-from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
-from ..base import SafeSaveMixin
+from ..base import GroupModelMixin, QuietObsmField, SafeSaveMixin
 from ._module import PERTURBED_KEY, CellPLMModule
 
 logger = logging.getLogger(__name__)
@@ -84,7 +81,7 @@ def map_genes(
     return index
 
 
-class CellPLM(SafeSaveMixin, BaseModelClass):
+class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
     """CellPLM: single-cell pre-trained language model with cells as tokens.
 
     Wen et al. (2024), *CellPLM: Pre-training of Cell Language Model Beyond Single Cells* (ICLR).
@@ -167,9 +164,8 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
     """
 
     _module_cls = CellPLMModule
-    _data_splitter_cls = GroupDataSplitter
-    _training_plan_cls = TrainingPlan
-    _train_runner_cls = TrainRunner
+    # zero-shot use of a pre-trained or transferred model is inference without training
+    _predict_requires_training = False
 
     def __init__(
         self,
@@ -346,7 +342,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             CategoricalObsField(DATASET_KEY, dataset_key),
         ]
         if spatial_key is not None:
-            anndata_fields.append(ObsmField(SPATIAL_KEY, spatial_key))
+            anndata_fields.append(QuietObsmField(SPATIAL_KEY, spatial_key))
         if labels_key is not None:
             anndata_fields.append(
                 LabelsWithUnlabeledObsField(
@@ -457,24 +453,17 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         *,
         lr: float = 2e-4,
         weight_decay: float = 1e-8,
-        train_size: float = 1.0,
-        validation_size: float | None = None,
-        early_stopping: bool = False,
-        early_stopping_patience: int = 10,
-        gradient_clip_val: float = 2.0,
         n_steps_kl_warmup: int | None = 1000,
         max_kl_weight: float = KL_WEIGHT,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        strategy: str = "auto",
-        seed: int = 0,
-        datasplitter_kwargs: dict | None = None,
         plan_kwargs: dict | None = None,
-        **trainer_kwargs,
+        **kwargs,
     ) -> None:
         """Pre-train or fine-tune with scvi-tools' :class:`~scvi.train.TrainingPlan` and Lightning.
 
-        One step is one sample (or a random chunk of at most ``max_cells`` of its cells).
+        One step is one sample (or a random chunk of at most ``max_cells`` of its cells);
+        ``train_size < 1`` holds out whole samples for validation; ``strategy="ddp"`` with several
+        devices shards the samples of each epoch across processes (it runs with
+        ``find_unused_parameters=True``).
 
         Parameters
         ----------
@@ -482,84 +471,34 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             Passes over all training samples.
         lr, weight_decay
             AdamW settings (paper 2e-4 / 1e-8).
-        train_size, validation_size
-            Fractions of **samples** for training and validation.
-        early_stopping, early_stopping_patience
-            Stop on ``validation_loss`` (needs ``train_size < 1``).
-        gradient_clip_val
-            Gradient-norm clipping.
         n_steps_kl_warmup, max_kl_weight
             Steps of linear warm-up of the latent KL weight, from 0 to ``max_kl_weight``
             (default :data:`KL_WEIGHT`; 1 is the plain evidence lower bound, which collapses the
             posterior on small corpora).
-        accelerator, devices, strategy
-            Passed to Lightning; ``strategy="ddp"`` with several devices shards the samples of each
-            epoch across processes (it runs with ``find_unused_parameters=True``).
-        seed
-            Seed of the split, shuffling and masking.
-        datasplitter_kwargs, plan_kwargs
-            Extra arguments of :class:`~scfound.data.GroupDataSplitter` and of the training plan.
-        **trainer_kwargs
-            Passed to :class:`~scvi.train.Trainer`.
+        plan_kwargs
+            Extra arguments of the training plan (over the KL schedule above).
+        **kwargs
+            The other arguments of :meth:`scfound.models.base.GroupModelMixin.train`:
+            ``train_size``, ``validation_size``, ``early_stopping``,
+            ``early_stopping_patience``, ``gradient_clip_val``, ``accelerator``, ``devices``,
+            ``strategy``, ``seed``, ``enable_progress_bar``, ``datasplitter_kwargs`` and
+            Lightning trainer arguments.
 
         """
-        if early_stopping and train_size >= 1:
-            raise ValueError("early_stopping needs validation samples: pass train_size < 1.")
         if not max_kl_weight >= 0:
             raise ValueError(f"max_kl_weight must be a number >= 0, got {max_kl_weight!r}.")
-        torch.manual_seed(seed)
-        distributed = "ddp" in str(strategy)
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
-            self._sample_codes(),
-            train_size=train_size,
-            validation_size=validation_size,
-            max_cells=self.max_cells,
-            extras=self._extras(),
-            seed=seed,
-            distributed_sampler=distributed,
-            **(datasplitter_kwargs or {}),
-        )
-        plan_defaults = {
-            "optimizer": "AdamW",
-            "lr": lr,
-            "weight_decay": weight_decay,
+        kl_schedule = {
             "n_steps_kl_warmup": n_steps_kl_warmup,
             "n_epochs_kl_warmup": None,
             "max_kl_weight": max_kl_weight,
         }
-        plan = self._training_plan_cls(self.module, **{**plan_defaults, **(plan_kwargs or {})})
-        if splitter.n_val > 0:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        trainer_kwargs.setdefault("enable_progress_bar", False)
-        trainer_kwargs.setdefault("log_every_n_steps", 1)
-        if distributed:
-            trainer_kwargs.setdefault("use_distributed_sampler", False)
-            if strategy == "ddp":
-                # a step may leave parameters unused (the no-position token in a spatial sample,
-                # the annotation head on unlabelled cells), which plain DDP rejects
-                strategy = "ddp_find_unused_parameters_true"
-        if self.history_ is None:
-            # trained without a recorded history (a linear probe only): scvi-tools would keep
-            # no history of this run and warn, so it is recorded as the first one
-            self.is_trained_ = False
-        self.module.train()
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
-            early_stopping_patience=early_stopping_patience,
-            gradient_clip_val=gradient_clip_val,
-            **trainer_kwargs,
+        super().train(
+            max_epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            plan_kwargs={**kl_schedule, **(plan_kwargs or {})},
+            **kwargs,
         )
-        runner()
-        self.module.eval()
 
     def train_annotation_head(
         self,
@@ -630,35 +569,14 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         self.is_trained_ = True
 
     # ------------------------------------------------------------- inference
-    @torch.inference_mode()
-    def _predict(
-        self,
-        adata: AnnData | None,
-        fn: Callable[[dict, dict], torch.Tensor],
-        max_cells: int | None = INFERENCE_MAX_CELLS,
-        decode: bool = True,
-        extra_perturbed: Sequence[str] = (),
-    ) -> np.ndarray:
-        """Run ``fn(tensors, outputs)`` sample by sample; results in the cell order of ``adata``."""
-        adata = self._validate_anndata(adata)
-        manager = self.get_anndata_manager(adata, required=True)
-        self.module.eval()
-        out = None
-        extras = self._extras(manager, extra_perturbed)
-        codes = self._sample_codes(manager)
-        for tensors in group_loader(manager, codes, max_cells=max_cells, extras=extras):
-            inf = self.module.inference(
-                **self.module._get_inference_input(tensors), mask_input=False
-            )
-            if decode:
-                inf.update(
-                    self.module.generative(**self.module._get_generative_input(tensors, inf))
-                )
-            values = fn(tensors, inf).detach().float().cpu().numpy()
-            if out is None:
-                out = np.empty((adata.n_obs, values.shape[1]), dtype=np.float32)
-            out[tensors[CELL_INDEX_KEY].numpy()] = values
-        return out
+    def _inference_max_cells(self) -> int | None:
+        """Whole samples up to :data:`INFERENCE_MAX_CELLS` cells (not the training cap)."""
+        return INFERENCE_MAX_CELLS
+
+    def _group_forward(self, tensors: dict[str, torch.Tensor], decode: bool) -> tuple[dict]:
+        """One dict for ``fn(tensors, outputs)``: inference outputs updated by the decoder's."""
+        inference_outputs, generative_outputs = super()._group_forward(tensors, decode)
+        return ({**inference_outputs, **generative_outputs},)
 
     def get_latent_representation(
         self, adata: AnnData | None = None, max_cells: int | None = INFERENCE_MAX_CELLS
@@ -850,18 +768,18 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
         return frac / frac.sum(-1, keepdim=True).clamp_min(1e-8)
 
     def _extras(
-        self, manager: AnnDataManager | None = None, extra: Sequence[str] = ()
+        self, manager: AnnDataManager | None = None, extra_perturbed: Sequence[str] = ()
     ) -> dict[str, np.ndarray]:
-        """Per-cell column indices of perturbed genes (registered ones plus ``extra``)."""
+        """Per-cell column indices of perturbed genes (registered ones plus ``extra_perturbed``)."""
         manager = manager or self.adata_manager
         key = manager.registry["setup_args"].get("perturbation_key")
         adata = manager.adata
-        if key is None and not extra:
+        if key is None and not extra_perturbed:
             return {}
         per_cell = (
             perturbed_genes(adata, key) if key is not None else [[] for _ in range(adata.n_obs)]
         )
-        cols = adata.var_names.get_indexer(list(extra))
+        cols = adata.var_names.get_indexer(list(extra_perturbed))
         rows = [adata.var_names.get_indexer(g).tolist() + cols.tolist() for g in per_cell]
         width = max(1, max(len(r) for r in rows))
         out = np.full((adata.n_obs, width), -1, dtype=np.int64)
@@ -882,7 +800,7 @@ class CellPLM(SafeSaveMixin, BaseModelClass):
             )
         return adata.var[gene_key].astype(str).tolist()
 
-    def _sample_codes(self, manager: AnnDataManager | None = None) -> np.ndarray:
+    def _group_codes(self, manager: AnnDataManager | None = None) -> np.ndarray:
         manager = manager or self.adata_manager
         return np.asarray(manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
 

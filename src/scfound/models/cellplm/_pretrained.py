@@ -204,7 +204,16 @@ def load_authors_checkpoint(
 
 
 def export_authors_checkpoint(model: CellPLM, prefix: str) -> None:
-    """Write ``model`` in the authors' layout (readable by ``cellplm``'s ``load_pretrain``)."""
+    """Write ``model`` in the authors' layout (readable by ``cellplm``'s ``load_pretrain``).
+
+    Parameters
+    ----------
+    model
+        The model to write.
+    prefix
+        Path prefix of the two files, ``{prefix}.config.json`` and ``{prefix}.best.ckpt``; a
+        missing parent folder is created.
+    """
     module = model.module
     if module.classifier is not None:
         logger.warning("the annotation head is not part of the authors' layout; it is not written.")
@@ -236,6 +245,7 @@ def export_authors_checkpoint(model: CellPLM, prefix: str) -> None:
         "mask_beta": module.mask_beta,
         "drop_node_rate": module.drop_node_rate,
     }
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     with open(prefix + CONFIG_SUFFIX, "w") as fh:
         json.dump(config, fh)
     torch.save({"model_state_dict": state}, prefix + WEIGHTS_SUFFIX)

@@ -12,9 +12,8 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
+from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainingPlan, TrainRunner
 
 from scfound._constants import DEFAULT_SPATIAL_KEY, GROUP_KEY, SPATIAL_KEY
 from scfound._utils import (
@@ -26,7 +25,6 @@ from scfound._utils import (
     get_spatial,
     layer_name,
 )
-from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 from scfound.nn import (
     POSITIONAL_ENCODINGS,
     knn_graph,
@@ -35,7 +33,7 @@ from scfound.nn import (
     random_walk_pe,
 )
 
-from ..base import SafeSaveMixin
+from ..base import GroupModelMixin, QuietObsmField, SafeSaveMixin
 from ._module import PE_FEATURES_KEY, SpaFormerModule
 
 logger = logging.getLogger(__name__)
@@ -46,7 +44,7 @@ GRAPH_FEATURES: dict[str, Callable[[np.ndarray, int, int], np.ndarray]] = {
 }
 
 
-class SpaFormer(SafeSaveMixin, BaseModelClass):
+class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
     """SpaFormer: spatial transcriptomics imputation with a transformer over cell tokens.
 
     Wen et al. (2023), *Single Cells Are Spatial Tokens: Transformers for Spatial Transcriptomic
@@ -116,14 +114,11 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
     >>> sf.SpaFormer.setup_anndata(adata, layer="counts", group_key="spatial_tile")
     >>> model = sf.SpaFormer(adata)
     >>> model.train(max_epochs=100)
-    >>> adata.layers["spaformer_imputed"] = model.get_imputed_expression()
+    >>> adata.layers["spaformer_imputed"] = model.get_imputed_expression().to_numpy()
 
     """
 
     _module_cls = SpaFormerModule
-    _data_splitter_cls = GroupDataSplitter
-    _training_plan_cls = TrainingPlan
-    _train_runner_cls = TrainRunner
 
     def __init__(
         self,
@@ -235,7 +230,7 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
             check_groups(adata, group_key)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
-            ObsmField(SPATIAL_KEY, spatial_key),
+            QuietObsmField(SPATIAL_KEY, spatial_key),
             CategoricalObsField(GROUP_KEY, group_key),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
@@ -250,23 +245,15 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
         *,
         lr: float = 1e-3,
         weight_decay: float = 5e-4,
-        train_size: float = 1.0,
-        validation_size: float | None = None,
-        early_stopping: bool = False,
-        early_stopping_patience: int = 10,
         gradient_clip_val: float = 2.0,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        seed: int = 0,
-        datasplitter_kwargs: dict | None = None,
-        plan_kwargs: dict | None = None,
-        **trainer_kwargs,
+        **kwargs,
     ) -> None:
         """Train with scvi-tools' :class:`~scvi.train.TrainingPlan` and Lightning.
 
         One optimisation step is one group (FOV/tile) of cells. With ``train_size < 1`` whole
         groups are held out for validation, and the masked-entry loss on freshly masked validation
-        groups is logged as ``validation_loss`` (used by early stopping).
+        groups is logged as ``validation_loss`` (used by early stopping). With
+        ``variational=True`` the KL weight is warmed up to 1e-2 over the first 10,000 steps.
 
         Parameters
         ----------
@@ -274,97 +261,37 @@ class SpaFormer(SafeSaveMixin, BaseModelClass):
             Passes over all training groups.
         lr, weight_decay
             AdamW settings (paper: 1e-3 / 5e-4).
-        train_size, validation_size
-            Fractions of groups for training and validation.
-        early_stopping, early_stopping_patience
-            Stop when ``validation_loss`` has not improved for this many epochs (needs
-            ``train_size < 1``).
         gradient_clip_val
             Gradient-norm clipping (2.0, as the reference code).
-        accelerator, devices
-            Passed to Lightning (``"gpu"``, ``"cpu"``, device ids, ...).
-        seed
-            Seed of the group split, shuffling and masking.
-        datasplitter_kwargs
-            Extra arguments of :class:`~scfound.data.GroupDataSplitter`.
-        plan_kwargs
-            Extra arguments of :class:`~scvi.train.TrainingPlan`.
-        **trainer_kwargs
-            Passed to :class:`~scvi.train.Trainer` (e.g. ``strategy``, ``enable_progress_bar``).
+        **kwargs
+            The other arguments of :meth:`scfound.models.base.GroupModelMixin.train`:
+            ``train_size``, ``validation_size``, ``early_stopping``,
+            ``early_stopping_patience``, ``accelerator``, ``devices``, ``strategy``, ``seed``,
+            ``enable_progress_bar``, ``datasplitter_kwargs``, ``plan_kwargs`` and Lightning
+            trainer arguments.
 
         """
-        if early_stopping and train_size >= 1:
-            raise ValueError("early_stopping needs validation groups: pass train_size < 1.")
-        torch.manual_seed(seed)
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
-            self._group_codes(),
-            train_size=train_size,
-            validation_size=validation_size,
-            max_cells=self.max_cells,
-            extras=self._extras(),
-            seed=seed,
-            **(datasplitter_kwargs or {}),
+        super().train(
+            max_epochs,
+            lr=lr,
+            weight_decay=weight_decay,
+            gradient_clip_val=gradient_clip_val,
+            **kwargs,
         )
-        plan_defaults = {"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
+
+    def _plan_defaults(self, lr: float, weight_decay: float) -> dict:
+        """AdamW (``eps=1e-8``), and for the VAE a KL weight warmed up to 1e-2."""
+        defaults = {**super()._plan_defaults(lr, weight_decay), "eps": 1e-8}
         if self.module.variational:
-            plan_defaults.update(
+            defaults.update(
                 n_steps_kl_warmup=10_000,
                 n_epochs_kl_warmup=None,
                 min_kl_weight=1e-6,
                 max_kl_weight=1e-2,
             )
-        plan = self._training_plan_cls(self.module, **{**plan_defaults, **(plan_kwargs or {})})
-        if splitter.n_val > 0:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        trainer_kwargs.setdefault("enable_progress_bar", False)
-        trainer_kwargs.setdefault("log_every_n_steps", 1)
-        self.module.train()  # inference leaves the module in eval mode; Lightning keeps it
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=splitter,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
-            early_stopping_patience=early_stopping_patience,
-            gradient_clip_val=gradient_clip_val,
-            **trainer_kwargs,
-        )
-        runner()
+        return defaults
 
     # ------------------------------------------------------------- inference
-    @torch.inference_mode()
-    def _predict(
-        self, adata: AnnData | None, fn: Callable[[dict, dict, dict], torch.Tensor]
-    ) -> np.ndarray:
-        """Run ``fn(tensors, inference_outputs, generative_outputs)`` group by group.
-
-        Results are returned in the original cell order of ``adata``.
-        """
-        self._check_if_trained(warn=False)
-        adata = self._validate_anndata(adata)
-        manager = self.get_anndata_manager(adata, required=True)
-        self.module.eval()
-        out = None
-        loader = group_loader(
-            manager,
-            self._group_codes(manager),
-            max_cells=self.max_cells,
-            extras=self._extras(manager),
-        )
-        for tensors in loader:
-            inf_in = self.module._get_inference_input(tensors)
-            inf = self.module.inference(**inf_in, mask_input=False)
-            gen = self.module.generative(**self.module._get_generative_input(tensors, inf))
-            values = fn(tensors, inf, gen).detach().cpu().numpy()
-            if out is None:
-                out = np.empty((adata.n_obs, values.shape[1]), dtype=np.float32)
-            out[tensors[CELL_INDEX_KEY].numpy()] = values
-        return out
-
     def get_latent_representation(self, adata: AnnData | None = None) -> np.ndarray:
         """Latent embedding ``Z`` of every cell (the mean for the VAE), ``(n_obs, n_latent)``.
 

@@ -15,7 +15,7 @@ import torch
 from anndata import AnnData
 from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
-from scvi.data.fields import CategoricalObsField, LayerField, ObsmField
+from scvi.data.fields import CategoricalObsField, LayerField
 from scvi.model.base import BaseModelClass
 from scvi.train import TrainingPlan, TrainRunner
 from sklearn.model_selection import KFold
@@ -38,7 +38,9 @@ from scfound.nn import knn_adjacency
 from scfound.nn._alignment import column_pearson, knn_softmax
 from scfound.pp import knn_smoothing_matrix
 
+from ..base._fields import QuietObsmField
 from ..base._save import WEIGHTS_FILE, check_genes, read_model_meta, write_model
+from ..base._training import AMBIGUOUS_BATCH_SIZE, progress_bar_default, quiet_lightning
 from ._module import (
     REFERENCE_LABELS,
     REFERENCE_LIBRARY,
@@ -396,7 +398,7 @@ class STAI(BaseModelClass):
         ]
         if spatial_key is not None:
             get_spatial(adata, spatial_key)
-            fields.append(ObsmField(SPATIAL_KEY, spatial_key))
+            fields.append(QuietObsmField(SPATIAL_KEY, spatial_key))
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         manager.register_fields(adata, **kwargs)
         cls.register_manager(manager)
@@ -447,6 +449,7 @@ class STAI(BaseModelClass):
         accelerator: str = "auto",
         devices: int | list[int] | str = "auto",
         seed: int = 0,
+        enable_progress_bar: bool | None = None,
         plan_kwargs: dict | None = None,
         **trainer_kwargs,
     ) -> None:
@@ -470,6 +473,9 @@ class STAI(BaseModelClass):
             Passed to Lightning.
         seed
             Seed of the weights, the block order and the reference draws.
+        enable_progress_bar
+            Show the progress bar (epoch, loss, time left); default
+            :attr:`scfound.settings.progress_bar` (``True``).
         plan_kwargs
             Extra arguments of :class:`~scvi.train.TrainingPlan`.
         **trainer_kwargs
@@ -489,19 +495,23 @@ class STAI(BaseModelClass):
         )
         plan_defaults = {"optimizer": "Adam", "lr": lr, "weight_decay": 0.0, "eps": 1e-8}
         plan = self._training_plan_cls(self.module, **{**plan_defaults, **(plan_kwargs or {})})
-        trainer_kwargs.setdefault("enable_progress_bar", False)
         trainer_kwargs.setdefault("log_every_n_steps", 1)
         self.module.train()
-        runner = self._train_runner_cls(
-            self,
-            training_plan=plan,
-            data_splitter=data,
-            max_epochs=max_epochs,
-            accelerator=accelerator,
-            devices=devices,
-            **trainer_kwargs,
-        )
-        runner()
+        # a step holds a spatial block and a reference draw of another size, so Lightning warns
+        # that the batch size is ambiguous; the one it takes (the block's cells) is the intended
+        # weight of each step in the epoch's mean loss
+        with quiet_lightning(AMBIGUOUS_BATCH_SIZE):
+            runner = self._train_runner_cls(
+                self,
+                training_plan=plan,
+                data_splitter=data,
+                max_epochs=max_epochs,
+                accelerator=accelerator,
+                devices=devices,
+                enable_progress_bar=progress_bar_default(enable_progress_bar),
+                **trainer_kwargs,
+            )
+            runner()
 
     # ------------------------------------------------------------- inference
     @torch.inference_mode()

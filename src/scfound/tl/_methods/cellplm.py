@@ -9,9 +9,10 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from scfound._constants import CORPUS_DATASET_KEY, CORPUS_SAMPLE_KEY
 from scfound._utils import check_genes_present, get_obs_column
 from scfound.models import CellPLM
-from scfound.pp._corpus import CORPUS_DATASET_KEY, CORPUS_SAMPLE_KEY, build_corpus
+from scfound.pp import build_corpus
 
 from ._base import Inputs, MethodAdapter, Result
 from ._minimal import minimal_anndata
@@ -143,12 +144,10 @@ class CellPLMAdapter(MethodAdapter):
         if not genes:
             raise ValueError("the reference measures no gene that adata lacks; nothing to impute.")
         model = self._fit(inputs, corpus, "impute", gene_key=None, fine_tune=True)
-        values = model.get_denoised_expression(corpus, scale=scale)
-        rows = np.flatnonzero(corpus.obs[CORPUS_DATASET_KEY].to_numpy() == "query")
-        cols = corpus.var_names.get_indexer(genes)
-        frame = pd.DataFrame(
-            values[np.ix_(rows, cols)], index=inputs.adata.obs_names.copy(), columns=genes
-        )
+        values = model.get_imputed_expression(corpus, genes=genes, scale=scale)
+        query = (corpus.obs[CORPUS_DATASET_KEY] == "query").to_numpy()
+        frame = values.loc[query]
+        frame.index = inputs.adata.obs_names.copy()
         return Result(frame, model)
 
     def annotate(

@@ -1,0 +1,77 @@
+"""What every model's ``train`` shares: the progress-bar default and a quiet Lightning."""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from scfound._settings import settings
+
+#: Lightning lines printed on every training call that tell a user nothing to act on: the device
+#: banner and the CUDA device list (the device in use is the one asked for), the advertisement
+#: for the ``litlogger`` package, and the end of a run that reached ``max_epochs`` (the progress
+#: bar already shows it).
+LIGHTNING_NOISE = re.compile(
+    r"(GPU available: |TPU available: |HPU available: |💡 Tip: "
+    r"|LOCAL_RANK: \d+ - CUDA_VISIBLE_DEVICES: "
+    r"|`Trainer\.fit` stopped: `max_epochs=\d+` reached\.)"
+)
+#: loggers of those lines: Lightning's ``rank_zero_info`` (``lightning_utilities`` logs through
+#: one of the first two) and its CUDA accelerator
+LIGHTNING_INFO_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning.pytorch.accelerators.cuda",
+)
+#: a deprecation raised by torch >= 2.10 inside Lightning's data-loader plumbing, on every fit
+TORCH_LEAFSPEC_WARNING = r"`isinstance\(treespec, LeafSpec\)` is deprecated"
+#: Lightning's warning about a step whose tensors differ in length (a two-dataset batch)
+AMBIGUOUS_BATCH_SIZE = r"Trying to infer the `batch_size` from an ambiguous collection"
+
+
+class _DropLightningNoise(logging.Filter):
+    """Drop the records of :data:`LIGHTNING_NOISE`; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return LIGHTNING_NOISE.match(record.getMessage()) is None
+
+
+@contextmanager
+def quiet_lightning(*warning_messages: str) -> Iterator[None]:
+    """Silence Lightning's routine start-up and shut-down lines within the block.
+
+    Only the messages in :data:`LIGHTNING_NOISE` (logged by Lightning), the torch deprecation
+    :data:`TORCH_LEAFSPEC_WARNING` (triggered inside Lightning) and the warnings that start with
+    one of ``warning_messages`` (regular expressions) are dropped, and only while the block
+    runs: other Lightning messages (e.g. "GPU available but not used", DDP start-up, early
+    stopping) and every warning of the user's own code still show.
+
+    Parameters
+    ----------
+    *warning_messages
+        Further warnings to ignore, as for :func:`warnings.filterwarnings` (``message=``).
+
+    """
+    noise = _DropLightningNoise()
+    loggers = [logging.getLogger(name) for name in LIGHTNING_INFO_LOGGERS]
+    for logger in loggers:
+        logger.addFilter(noise)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", message=TORCH_LEAFSPEC_WARNING, category=FutureWarning
+            )
+            for message in warning_messages:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        for logger in loggers:
+            logger.removeFilter(noise)
+
+
+def progress_bar_default(enable_progress_bar: bool | None) -> bool:
+    """``enable_progress_bar`` of a ``train`` call, or :attr:`scfound.settings.progress_bar`."""
+    return settings.progress_bar if enable_progress_bar is None else bool(enable_progress_bar)
