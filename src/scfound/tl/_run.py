@@ -18,7 +18,6 @@ from mudata import MuData
 from scfound._utils import get_matrix, layer_name, record, resolve_group_key
 
 from ._methods import ADAPTERS, Inputs, Result, get_adapter
-from ._methods._minimal import summary
 
 #: the modality a verb reads from a MuData when ``mod`` is not given and it has several
 DEFAULT_MODALITY = "rna"
@@ -156,4 +155,17 @@ def run(
     out = data if args["copy"] else None
     if args["return_model"]:
         return (out, result.model) if args["copy"] else result.model
+    return out
+
+
+def summary(model: object) -> dict[str, object]:
+    """The model's description and final training losses, for the run record."""
+    history = getattr(model, "history_", None) or {}
+    out: dict[str, object] = {
+        "model": getattr(model, "_model_summary_string", type(model).__name__)
+    }
+    for key in ("train_loss", "validation_loss"):
+        if key in history and len(history[key]):
+            out[f"final_{key}"] = float(np.asarray(history[key].iloc[-1, 0]))
+            out["epochs"] = len(history[key])
     return out

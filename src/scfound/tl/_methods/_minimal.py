@@ -85,16 +85,3 @@ def add_tiles(small: AnnData, spatial_key: str) -> str:
     n_tiles = max(round(small.n_obs / CELLS_PER_TILE), 1)
     spatial_tiles(small, n_tiles=n_tiles, spatial_key=spatial_key, key_added=TILE_KEY, min_cells=2)
     return TILE_KEY
-
-
-def summary(model: object) -> dict[str, object]:
-    """The model's description and final training losses, for the run record."""
-    history = getattr(model, "history_", None) or {}
-    out: dict[str, object] = {
-        "model": getattr(model, "_model_summary_string", type(model).__name__)
-    }
-    for key in ("train_loss", "validation_loss"):
-        if key in history and len(history[key]):
-            out[f"final_{key}"] = float(np.asarray(history[key].iloc[-1, 0]))
-            out["epochs"] = len(history[key])
-    return out
