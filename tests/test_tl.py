@@ -265,3 +265,30 @@ def test_the_docs_table_lists_what_the_registry_supports():
             common = ("genes", "scale", "labels_key")
             for option in adapter.options(verb, common):
                 assert f"`{option}`" in section, (name, verb, option)
+
+
+def test_key_added_never_replaces_the_callers_data(synthetic):
+    before = _snapshot(synthetic)
+    with pytest.raises(ValueError, match=r"reads in this call"):
+        sf.tl.impute(synthetic, layer="counts", key_added="counts", **FAST)
+    with pytest.raises(ValueError, match=r"adata.obsm\['spatial'\], which tl.embed reads"):
+        sf.tl.embed(synthetic, layer="counts", key_added="spatial", **FAST)
+    synthetic.obsm["X_umap"] = np.zeros((synthetic.n_obs, 2))
+    with pytest.raises(ValueError, match=r"adata.obsm\['X_umap'\] already exists"):
+        sf.tl.embed(synthetic, layer="counts", key_added="X_umap", **FAST)
+    del synthetic.obsm["X_umap"]
+    synthetic.obs["mine_prediction"] = "x"
+    with pytest.raises(ValueError, match=r"adata.obs\['mine_prediction'\] already exists"):
+        sf.tl.annotate(synthetic, "cell_type", key_added="mine", layer="counts", **FAST)
+    del synthetic.obs["mine_prediction"]
+    after = _snapshot(synthetic)
+    assert after["uns"] == before["uns"] and set(after["obsm"]) == set(before["obsm"])
+    np.testing.assert_array_equal(after["layers"]["counts"], before["layers"]["counts"])
+    # a rerun under the same key replaces its own earlier result
+    sf.tl.embed(synthetic, layer="counts", key_added="X_mine", **FAST)
+    sf.tl.embed(synthetic, layer="counts", key_added="X_mine", seed=1, **FAST)
+    assert list(synthetic.uns["scfound"]["embed"]) == ["X_mine"]
+    synthetic.uns["scfound"] = "not a dict"
+    with pytest.raises(TypeError, match=r"must be a dict of run records"):
+        sf.tl.embed(synthetic, layer="counts", key_added="X_other", **FAST)
+    assert "X_other" not in synthetic.obsm

@@ -72,7 +72,15 @@ def annotate(  # noqa: D417 - shared parameters are filled in by doc_params
             f"labels column {labels_key!r} not found in {where}.obs (columns: {list(obs.columns)})."
         )
     key_added = key_added or method
-    return run("annotate", locals(), common=("labels_key",), write=_write)
+    return run("annotate", locals(), common=("labels_key",), write=_write, places=_places)
+
+
+def _places(key: str) -> list[tuple[str, str]]:
+    return [
+        ("obs", prediction_key(key)),
+        ("obs", confidence_key(key)),
+        ("obsm", probabilities_key(key)),
+    ]
 
 
 def _write(adata: AnnData, result: Result, key: str) -> None:

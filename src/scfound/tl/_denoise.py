@@ -57,7 +57,9 @@ def denoise(  # noqa: D417 - shared parameters are filled in by doc_params
     """
     check_scale(scale)
     key_added = key_added or denoised_key(method)
-    return run("denoise", locals(), common=("scale",), write=_write)
+    return run(
+        "denoise", locals(), common=("scale",), write=_write, places=lambda key: [("layers", key)]
+    )
 
 
 def _write(adata: AnnData, result: Result, key: str) -> None:

@@ -57,7 +57,7 @@ def embed(  # noqa: D417 - shared parameters are filled in by doc_params
     if method is None:
         method = "spaformer" if spatial_key in modality(adata, mod).obsm else "cellplm"
     key_added = key_added or embedding_key(method)
-    return run("embed", locals(), common=(), write=_write)
+    return run("embed", locals(), common=(), write=_write, places=lambda key: [("obsm", key)])
 
 
 def _write(adata: AnnData, result: Result, key: str) -> None:

@@ -92,7 +92,13 @@ def impute(  # noqa: D417 - shared parameters are filled in by doc_params
             )
     key_added = key_added or imputed_key(method)
     genes = None if genes is None else [str(g) for g in genes]
-    return run("impute", locals(), common=("genes", "scale"), write=_write)
+    return run(
+        "impute",
+        locals(),
+        common=("genes", "scale"),
+        write=_write,
+        places=lambda key: [("layers", key), ("obsm", key)],
+    )
 
 
 def _write(adata: AnnData, result: Result, key: str) -> None:

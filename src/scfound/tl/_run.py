@@ -7,7 +7,7 @@ verb, record the run.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ import scipy.sparse as sp
 from anndata import AnnData
 from mudata import MuData
 
-from scfound._utils import get_matrix, layer_name, record, resolve_group_key
+from scfound._utils import UNS_KEY, get_matrix, layer_name, record, resolve_group_key
 
 from ._methods import ADAPTERS, Inputs, Result, get_adapter
 
@@ -73,6 +73,41 @@ def warn_if_not_counts(adata: AnnData, layer: str | None, method: str) -> None:
         )
 
 
+def check_writable(
+    adata: AnnData,
+    verb: str,
+    key_added: str,
+    places: list[tuple[str, str]],
+    args: dict[str, Any],
+) -> None:
+    """Refuse, before any work, a ``key_added`` that would replace the caller's own data.
+
+    A key may replace the result of an earlier run of the same verb under the same
+    ``key_added`` (a rerun); any other existing key (raw counts, coordinates, labels, another
+    tool's result) and the keys this call reads are refused. A ``uns["scfound"]`` that is not a
+    mapping is refused too, as the run could not be recorded after its result was written.
+    """
+    store = adata.uns.get(UNS_KEY, {})
+    if not isinstance(store, Mapping) or not isinstance(store.get(verb, {}), Mapping):
+        raise TypeError(
+            f"adata.uns[{UNS_KEY!r}] must be a dict of run records (with a dict under "
+            f"{verb!r}); got {type(store).__name__}. Rename or delete it first."
+        )
+    rerun = key_added in store.get(verb, {})
+    read = {args.get(k) for k in ("layer", "spatial_key", "labels_key", "group_key")} - {None}
+    for attr, key in places:
+        if key in read:
+            raise ValueError(
+                f"key_added={key_added!r} would write adata.{attr}[{key!r}], which tl.{verb} "
+                "reads in this call; pass another key_added."
+            )
+        if key in getattr(adata, attr) and not rerun:
+            raise ValueError(
+                f"adata.{attr}[{key!r}] already exists and is not the result of an earlier "
+                f"tl.{verb} run; pass another key_added so that it is not replaced."
+            )
+
+
 def check_options(method: str, verb: str, options: dict[str, Any], common: tuple[str, ...]) -> None:
     """Raise a ``TypeError`` naming each option that ``method`` does not know for ``verb``."""
     known = ADAPTERS[method].options(verb, common)
@@ -104,6 +139,7 @@ def run(
     *,
     common: tuple[str, ...],
     write: Callable[[AnnData, Result, str], None],
+    places: Callable[[str], list[tuple[str, str]]],
 ) -> Any:
     """Run ``verb`` on the arguments of its call (``args``): the four steps, for every verb.
 
@@ -132,6 +168,7 @@ def run(
     own = {k: args[k] for k in common}
     data = data.copy() if args["copy"] else data
     adata = modality(data, args["mod"])
+    check_writable(adata, verb, args["key_added"], places(args["key_added"]), args)
     ref = None if reference is None else modality(reference, args["mod"], "reference")
     if inputs.get("model") is None:
         warn_if_not_counts(adata, inputs.get("layer"), adapter.model_class.__name__)

@@ -13,7 +13,7 @@ from ._mudata import (
     validate_mudata,
 )
 from ._save import SafeSaveMixin, check_genes, read_model_meta, write_model
-from ._training import progress_bar_default, quiet_lightning
+from ._training import progress_bar_default, quiet_lightning, run_training
 
 __all__ = [
     "MODALITY_KINDS",
@@ -30,6 +30,7 @@ __all__ = [
     "quiet_lightning",
     "read_model_meta",
     "registered_modalities",
+    "run_training",
     "validate_mudata",
     "write_model",
 ]

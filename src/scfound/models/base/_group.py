@@ -21,7 +21,7 @@ from scvi.train import TrainingPlan, TrainRunner
 
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
-from ._training import progress_bar_default, quiet_lightning
+from ._training import run_training
 
 
 class GroupModelMixin:
@@ -163,7 +163,6 @@ class GroupModelMixin:
         plan = self._training_plan_cls(self.module, **plan_kwargs)
         if splitter.n_val > 0:
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        trainer_kwargs.setdefault("log_every_n_steps", 1)
         if distributed:
             trainer_kwargs.setdefault("use_distributed_sampler", False)
             if strategy == "ddp":
@@ -174,24 +173,21 @@ class GroupModelMixin:
             # trained without a recorded history (e.g. a linear probe only): scvi-tools would
             # keep no history of this run and warn, so it is recorded as the first one
             self.is_trained_ = False
-        self.module.train()  # inference leaves the module in eval mode; Lightning keeps it
-        with quiet_lightning():
-            runner = self._train_runner_cls(
-                self,
-                training_plan=plan,
-                data_splitter=splitter,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                strategy=strategy,
-                early_stopping=early_stopping,
-                early_stopping_monitor="validation_loss",
-                early_stopping_patience=early_stopping_patience,
-                gradient_clip_val=gradient_clip_val,
-                enable_progress_bar=progress_bar_default(enable_progress_bar),
-                **trainer_kwargs,
-            )
-            runner()
+        run_training(
+            self,
+            plan,
+            splitter,
+            max_epochs=max_epochs,
+            enable_progress_bar=enable_progress_bar,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            early_stopping_patience=early_stopping_patience,
+            gradient_clip_val=gradient_clip_val,
+            **trainer_kwargs,
+        )
         self.module.eval()
 
     # -------------------------------------------------------------- inference

@@ -7,6 +7,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from scfound._settings import settings
 
@@ -75,3 +76,51 @@ def quiet_lightning(*warning_messages: str) -> Iterator[None]:
 def progress_bar_default(enable_progress_bar: bool | None) -> bool:
     """``enable_progress_bar`` of a ``train`` call, or :attr:`scfound.settings.progress_bar`."""
     return settings.progress_bar if enable_progress_bar is None else bool(enable_progress_bar)
+
+
+def run_training(
+    model: Any,
+    plan: Any,
+    data: Any,
+    *,
+    max_epochs: int,
+    enable_progress_bar: bool | None,
+    ignore_warnings: tuple[str, ...] = (),
+    **trainer_kwargs: Any,
+) -> None:
+    """Train ``model`` with its scvi-tools ``TrainRunner``: the one Lightning run of every model.
+
+    The module is put in training mode, the progress bar follows
+    :func:`progress_bar_default`, metrics are logged at every step, and Lightning's routine
+    lines (and ``ignore_warnings``) are silenced (:func:`quiet_lightning`).
+
+    Parameters
+    ----------
+    model
+        An scvi-tools model with ``module`` and ``_train_runner_cls``.
+    plan
+        Its training plan.
+    data
+        The data splitter (a Lightning data module).
+    max_epochs
+        Passes over the training data.
+    enable_progress_bar
+        As ``train(enable_progress_bar=)``; ``None`` reads :attr:`scfound.settings.progress_bar`.
+    ignore_warnings
+        Warnings (regular expressions) to drop during the run.
+    **trainer_kwargs
+        Passed to the runner and to :class:`~scvi.train.Trainer` (``accelerator``, ``devices``,
+        ``strategy``, early stopping, ...).
+    """
+    trainer_kwargs.setdefault("log_every_n_steps", 1)
+    model.module.train()  # inference leaves the module in eval mode; Lightning keeps it
+    with quiet_lightning(*ignore_warnings):
+        runner = model._train_runner_cls(
+            model,
+            training_plan=plan,
+            data_splitter=data,
+            max_epochs=max_epochs,
+            enable_progress_bar=progress_bar_default(enable_progress_bar),
+            **trainer_kwargs,
+        )
+        runner()

@@ -40,7 +40,7 @@ from scfound.pp import knn_smoothing_matrix
 
 from ..base._fields import QuietObsmField
 from ..base._save import WEIGHTS_FILE, check_genes, read_model_meta, write_model
-from ..base._training import AMBIGUOUS_BATCH_SIZE, progress_bar_default, quiet_lightning
+from ..base._training import AMBIGUOUS_BATCH_SIZE, run_training
 from ._module import (
     REFERENCE_LABELS,
     REFERENCE_LIBRARY,
@@ -495,23 +495,20 @@ class STAI(BaseModelClass):
         )
         plan_defaults = {"optimizer": "Adam", "lr": lr, "weight_decay": 0.0, "eps": 1e-8}
         plan = self._training_plan_cls(self.module, **{**plan_defaults, **(plan_kwargs or {})})
-        trainer_kwargs.setdefault("log_every_n_steps", 1)
-        self.module.train()
         # a step holds a spatial block and a reference draw of another size, so Lightning warns
         # that the batch size is ambiguous; the one it takes (the block's cells) is the intended
         # weight of each step in the epoch's mean loss
-        with quiet_lightning(AMBIGUOUS_BATCH_SIZE):
-            runner = self._train_runner_cls(
-                self,
-                training_plan=plan,
-                data_splitter=data,
-                max_epochs=max_epochs,
-                accelerator=accelerator,
-                devices=devices,
-                enable_progress_bar=progress_bar_default(enable_progress_bar),
-                **trainer_kwargs,
-            )
-            runner()
+        run_training(
+            self,
+            plan,
+            data,
+            max_epochs=max_epochs,
+            enable_progress_bar=enable_progress_bar,
+            ignore_warnings=(AMBIGUOUS_BATCH_SIZE,),
+            accelerator=accelerator,
+            devices=devices,
+            **trainer_kwargs,
+        )
 
     # ------------------------------------------------------------- inference
     @torch.inference_mode()
