@@ -19,6 +19,7 @@ from scfound._docs import doc_params, doc_show_save
 from scfound._keys import find_imputed
 from scfound._normalize import library_size, log_normalize
 from scfound._utils import get_matrix, get_spatial, layer_name, to_dense
+from scfound._validate import check_anndata
 
 from ._utils import finish_figure
 
@@ -134,6 +135,7 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
 
     >>> sf.pl.imputed_genes(adata, ["Gad2", "Mbp"], method="stai")  # obsm["stai_imputed"]
     """
+    check_anndata(adata)
     if imputed_layer is not None and imputed_key is not None:
         raise ValueError(
             "pass either imputed_layer= (a layer) or imputed_key= (a DataFrame in obsm), not both."

@@ -22,6 +22,7 @@ from scfound._utils import (
     layer_name,
     resolve_group_key,
 )
+from scfound._validate import check_anndata
 
 
 def build_corpus(
@@ -68,8 +69,13 @@ def build_corpus(
 
     """
     group_key = resolve_group_key(group_key, sample_key, "pp.build_corpus")
-    if not adatas:
-        raise ValueError("build_corpus needs at least one dataset.")
+    if not isinstance(adatas, Mapping) or not adatas:
+        raise ValueError(
+            "build_corpus needs a dict of datasets by name, e.g. {'rna': adata_rna}; got "
+            f"{type(adatas).__name__}{' (empty)' if isinstance(adatas, Mapping) else ''}."
+        )
+    for name, adata in adatas.items():
+        check_anndata(adata, f"adatas[{name!r}]")
     genes_per: dict[str, list[str]] = {}
     for name, adata in adatas.items():
         genes = adata.var_names if gene_key is None else adata.var[gene_key]

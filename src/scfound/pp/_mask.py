@@ -6,6 +6,8 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
+from scfound._validate import check_anndata
+
 from .._utils import check_expression, get_matrix, layer_name, record
 
 # Rows drawn per block, to bound the memory of the uniform draws.
@@ -136,6 +138,7 @@ def mask_entries(
     >>> adata.layers["heldout"].dtype
     dtype('bool')
     """
+    check_anndata(adata)
     if not isinstance(fraction, float | int | np.floating) or not 0 < fraction < 1:
         raise ValueError(f"`fraction` must be in (0, 1), got {fraction!r}.")
     X = get_matrix(adata, layer)

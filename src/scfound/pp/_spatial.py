@@ -9,6 +9,8 @@ import pandas as pd
 from anndata import AnnData
 from scipy.spatial import cKDTree
 
+from scfound._validate import check_anndata
+
 from .._constants import DEFAULT_SPATIAL_KEY
 from .._utils import get_obs_column, get_spatial, record
 
@@ -67,6 +69,7 @@ def spatial_tiles(
     >>> adata.obs["spatial_tile"].nunique()
     4
     """
+    check_anndata(adata)
     if (tile_size is None) == (n_tiles is None):
         raise ValueError("pass exactly one of `tile_size` and `n_tiles`.")
     if tile_size is not None and not (np.isfinite(tile_size) and tile_size > 0):
@@ -198,6 +201,7 @@ def spatial_graph(
     >>> adata.obsp["spatial_connectivities"].shape
     (500, 500)
     """
+    check_anndata(adata)
     import squidpy as sq
 
     coords = get_spatial(adata, spatial_key)

@@ -16,6 +16,7 @@ from anndata import AnnData
 from mudata import MuData
 
 from scfound._utils import UNS_KEY, get_matrix, layer_name, record, resolve_group_key
+from scfound._validate import check_anndata
 
 from ._methods import ADAPTERS, Inputs, Result, get_adapter
 
@@ -26,18 +27,9 @@ DEFAULT_MODALITY = "rna"
 _SAMPLE_VALUES = 100_000
 
 
-def check_data(data: Any, name: str = "adata") -> None:
-    """Raise a ``TypeError`` unless ``data`` is an AnnData or a MuData."""
-    if not isinstance(data, AnnData | MuData):
-        raise TypeError(
-            f"expected an AnnData (or MuData) as `{name}`, got {type(data).__name__}. "
-            "Wrap a matrix or DataFrame first, e.g. anndata.AnnData(df)."
-        )
-
-
 def modality(data: AnnData | MuData, mod: str | None, name: str = "adata") -> AnnData:
     """``data`` itself, or the modality ``mod`` of a MuData (default ``"rna"`` or its only one)."""
-    check_data(data, name)
+    check_anndata(data, name, mudata=True)
     if isinstance(data, AnnData):
         if mod is not None:
             raise ValueError(f"`mod={mod!r}` applies to a MuData; `{name}` is an AnnData.")
@@ -151,9 +143,9 @@ def run(
     """
     data, method, options = args["adata"], args["method"], args["options"]
     reference = args.get("reference")
-    check_data(data)
+    check_anndata(data, mudata=True)
     if reference is not None:
-        check_data(reference, "reference")
+        check_anndata(reference, "reference", mudata=True)
     adapter = get_adapter(method, verb)
     check_options(method, verb, options, common)
     if reference is not None and not adapter.uses_reference:

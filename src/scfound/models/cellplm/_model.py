@@ -30,6 +30,7 @@ from scfound._utils import (
     record_group_key,
     resolve_group_key,
 )
+from scfound._validate import check_anndata
 
 from ..base import GroupModelMixin, QuietObsmField, SafeSaveMixin
 from ._module import PERTURBED_KEY, CellPLMModule
@@ -314,6 +315,7 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             Internal: ``source_registry`` when a saved model is loaded.
 
         """
+        check_anndata(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         if kwargs.get("source_registry") is not None and group_key is None:
             group_key, sample_key = sample_key, None  # saved before `sample_key` was renamed

@@ -25,6 +25,7 @@ from scfound._utils import (
     get_spatial,
     layer_name,
 )
+from scfound._validate import check_anndata
 from scfound.nn import (
     POSITIONAL_ENCODINGS,
     knn_graph,
@@ -223,6 +224,7 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             Internal: ``source_registry`` when a saved model is loaded.
 
         """
+        check_anndata(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_expression(get_matrix(adata, layer), layer_name(layer))
         get_spatial(adata, spatial_key)

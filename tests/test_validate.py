@@ -1,0 +1,42 @@
+"""Every public entry point that takes an AnnData refuses other objects with one clear message."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from mudata import MuData
+
+import scfound as sf
+
+WRONG = {
+    "DataFrame": pd.DataFrame(np.ones((4, 3))),
+    "ndarray": np.ones((4, 3)),
+    "list": [[1, 2], [3, 4]],
+}
+
+ENTRIES = {
+    "pp.spatial_tiles": lambda a: sf.pp.spatial_tiles(a, n_tiles=2),
+    "pp.spatial_graph": lambda a: sf.pp.spatial_graph(a),
+    "pp.mask_entries": lambda a: sf.pp.mask_entries(a, 0.3),
+    "pp.build_corpus": lambda a: sf.pp.build_corpus({"x": a}),
+    "pl.imputed_genes": lambda a: sf.pl.imputed_genes(a, ["g"]),
+    "SpaFormer.setup_anndata": lambda a: sf.SpaFormer.setup_anndata(a),
+    "CellPLM.setup_anndata": lambda a: sf.CellPLM.setup_anndata(a),
+    "STAI.setup_anndata": lambda a: sf.STAI.setup_anndata(a),
+    "tl.impute": lambda a: sf.tl.impute(a, "spaformer"),
+    "tl.embed": lambda a: sf.tl.embed(a, "cellplm"),
+    "tl.denoise": lambda a: sf.tl.denoise(a),
+    "tl.annotate": lambda a: sf.tl.annotate(a, "cell_type"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(WRONG))
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_wrong_types_name_what_was_expected_and_found(entry, kind):
+    with pytest.raises(TypeError, match=rf"expected an AnnData.* got {type(WRONG[kind]).__name__}"):
+        ENTRIES[entry](WRONG[kind])
+
+
+def test_a_mudata_where_an_anndata_belongs_points_to_its_modalities(synthetic):
+    mdata = MuData({"rna": synthetic})
+    with pytest.raises(TypeError, match=r"got MuData\. Pass one of its modalities"):
+        sf.pp.spatial_tiles(mdata, n_tiles=2)
