@@ -40,3 +40,24 @@ def test_a_mudata_where_an_anndata_belongs_points_to_its_modalities(synthetic):
     mdata = MuData({"rna": synthetic})
     with pytest.raises(TypeError, match=r"got MuData\. Pass one of its modalities"):
         sf.pp.spatial_tiles(mdata, n_tiles=2)
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        lambda a: sf.SpaFormer.setup_anndata(a, layer="counts"),
+        lambda a: sf.CellPLM.setup_anndata(a, layer="counts"),
+        lambda a: sf.STAI.setup_anndata(a, layer="counts"),
+        lambda a: sf.tl.embed(a, layer="counts"),
+    ],
+)
+def test_empty_and_duplicated_data_are_refused_before_anything_is_written(entry, synthetic):
+    empty = synthetic[:0].copy()
+    with pytest.raises(ValueError, match=r"has 0 cells x 20 genes"):
+        entry(empty)
+    dup = synthetic.copy()
+    dup.var_names = ["g"] * dup.n_vars
+    before = (list(dup.obs.columns), set(dup.uns), set(dup.obsm))
+    with pytest.raises(ValueError, match=r"var_names` has duplicates.*var_names_make_unique"):
+        entry(dup)
+    assert (list(dup.obs.columns), set(dup.uns), set(dup.obsm)) == before

@@ -35,3 +35,31 @@ def check_anndata(data: Any, name: str = "adata", *, mudata: bool = False) -> No
     elif isinstance(data, MuData):
         hint = " Pass one of its modalities, e.g. mdata.mod['rna']."
     raise TypeError(f"expected {expected} as `{name}`, got {type(data).__name__}.{hint}")
+
+
+def check_cells_and_genes(
+    adata: AnnData, name: str = "adata", *, min_obs: int = 1, min_vars: int = 1
+) -> None:
+    """Raise a ``ValueError`` for too few cells or genes, or duplicated cell or gene names.
+
+    Parameters
+    ----------
+    adata
+        The data to check.
+    name
+        The argument's name, for the message.
+    min_obs, min_vars
+        Fewest cells and genes the caller can work with.
+    """
+    if adata.n_obs < min_obs or adata.n_vars < min_vars:
+        raise ValueError(
+            f"`{name}` has {adata.n_obs} cells x {adata.n_vars} genes; at least {min_obs} "
+            f"cell(s) and {min_vars} gene(s) are needed."
+        )
+    for axis, names in (("var_names", adata.var_names), ("obs_names", adata.obs_names)):
+        if names.has_duplicates:
+            dup = names[names.duplicated()].unique()[:5].tolist()
+            raise ValueError(
+                f"`{name}.{axis}` has duplicates (e.g. {dup}); make them unique with "
+                f"`{name}.{axis.replace('_names', '')}_names_make_unique()`."
+            )

@@ -16,7 +16,7 @@ from anndata import AnnData
 from mudata import MuData
 
 from scfound._utils import UNS_KEY, get_matrix, layer_name, record, resolve_group_key
-from scfound._validate import check_anndata
+from scfound._validate import check_anndata, check_cells_and_genes
 
 from ._methods import ADAPTERS, Inputs, Result, get_adapter
 
@@ -162,6 +162,9 @@ def run(
     adata = modality(data, args["mod"])
     check_writable(adata, verb, args["key_added"], places(args["key_added"]), args)
     ref = None if reference is None else modality(reference, args["mod"], "reference")
+    check_cells_and_genes(adata)
+    if ref is not None:
+        check_cells_and_genes(ref, "reference")
     if inputs.get("model") is None:
         warn_if_not_counts(adata, inputs.get("layer"), adapter.model_class.__name__)
     result = getattr(adapter, verb)(

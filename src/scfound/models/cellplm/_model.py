@@ -30,7 +30,7 @@ from scfound._utils import (
     record_group_key,
     resolve_group_key,
 )
-from scfound._validate import check_anndata
+from scfound._validate import check_anndata, check_cells_and_genes
 
 from ..base import GroupModelMixin, QuietObsmField, SafeSaveMixin
 from ._module import PERTURBED_KEY, CellPLMModule
@@ -316,6 +316,7 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
 
         """
         check_anndata(adata)
+        check_cells_and_genes(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         if kwargs.get("source_registry") is not None and group_key is None:
             group_key, sample_key = sample_key, None  # saved before `sample_key` was renamed

@@ -25,7 +25,7 @@ from scfound._utils import (
     get_spatial,
     layer_name,
 )
-from scfound._validate import check_anndata
+from scfound._validate import check_anndata, check_cells_and_genes
 from scfound.nn import (
     POSITIONAL_ENCODINGS,
     knn_graph,
@@ -225,6 +225,7 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
 
         """
         check_anndata(adata)
+        check_cells_and_genes(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_expression(get_matrix(adata, layer), layer_name(layer))
         get_spatial(adata, spatial_key)

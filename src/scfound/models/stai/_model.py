@@ -33,7 +33,7 @@ from scfound._utils import (
     renamed_setup_args,
     resolve_group_key,
 )
-from scfound._validate import check_anndata
+from scfound._validate import check_anndata, check_cells_and_genes
 from scfound.data._paired_loader import PairedDataModule, block_edges, spatial_blocks
 from scfound.nn import knn_adjacency
 from scfound.nn._alignment import column_pearson, knn_softmax
@@ -389,6 +389,7 @@ class STAI(BaseModelClass):
 
         """
         check_anndata(adata)
+        check_cells_and_genes(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         group_key = resolve_group_key(group_key, sample_key, "STAI.setup_anndata")
         record_group_key(setup_method_args, group_key)
