@@ -207,9 +207,13 @@ def test_log_normalised_input_is_flagged(synthetic):
         sf.tl.embed(lognorm, **FAST)
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
-        from scfound.tl._run import warn_if_not_counts
+        from scfound.tl._run import check_counts
 
-        warn_if_not_counts(synthetic, "counts", "SpaFormer")  # counts: silent
+        check_counts(synthetic, "counts", "SpaFormer")  # counts: silent
+    empty = synthetic.copy()
+    empty.layers["counts"] = np.zeros(empty.shape, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"adata.layers\['counts'\] holds no counts"):
+        sf.tl.embed(empty, layer="counts", **FAST)
 
 
 def test_sample_key_is_a_deprecated_alias_of_group_key(synthetic):
@@ -292,3 +296,11 @@ def test_key_added_never_replaces_the_callers_data(synthetic):
     with pytest.raises(TypeError, match=r"must be a dict of run records"):
         sf.tl.embed(synthetic, layer="counts", key_added="X_other", **FAST)
     assert "X_other" not in synthetic.obsm
+
+
+def test_annotation_needs_two_cell_types(halves):
+    query, reference = (x.copy() for x in halves)
+    reference.obs["one"] = "T cell"
+    with pytest.raises(ValueError, match=r"reference.obs\['one'\] holds 1 cell type"):
+        sf.tl.annotate(query, "one", "stai", reference=reference, layer="counts")
+    assert "scfound" not in query.uns

@@ -71,6 +71,14 @@ def annotate(  # noqa: D417 - shared parameters are filled in by doc_params
         raise KeyError(
             f"labels column {labels_key!r} not found in {where}.obs (columns: {list(obs.columns)})."
         )
+    classes = set(obs[labels_key].dropna().astype(str)) - {
+        str(options.get("unlabeled_category", "unknown"))
+    }
+    if len(classes) < 2:
+        raise ValueError(
+            f"{where}.obs[{labels_key!r}] holds {len(classes)} cell type(s) ({sorted(classes)}); "
+            "annotation needs labelled cells of at least two types."
+        )
     key_added = key_added or method
     return run("annotate", locals(), common=("labels_key",), write=_write, places=_places)
 

@@ -46,19 +46,24 @@ def modality(data: AnnData | MuData, mod: str | None, name: str = "adata") -> An
     return data.mod[mod]
 
 
-def warn_if_not_counts(adata: AnnData, layer: str | None, method: str) -> None:
-    """Warn when the matrix a count model reads holds non-integer (normalised) values."""
+def check_counts(adata: AnnData, layer: str | None, method: str, name: str = "adata") -> None:
+    """Refuse a matrix without counts; warn when it holds non-integer (normalised) values."""
     X = get_matrix(adata, layer)
     if not (sp.issparse(X) or isinstance(X, np.ndarray)):
         return  # on disk: the model checks it block by block
     values = X.data if sp.issparse(X) else np.asarray(X).ravel()
+    where = layer_name(layer).replace("adata", name, 1)
+    if not np.any(values):
+        raise ValueError(
+            f"{where} holds no counts (every value is 0); {method} has nothing to learn."
+        )
     values = values[:_SAMPLE_VALUES]
     finite = values[np.isfinite(values)]
     if finite.size and not np.allclose(finite, np.round(finite)):
         what = "log-normalised" if finite.max() < 30 else "normalised"
         warnings.warn(
-            f"{layer_name(layer)} holds non-integer values (max {finite.max():.3g}): they look "
-            f"{what}, but {method} expects raw counts. Pass `layer=` naming the raw counts "
+            f"{where} holds non-integer values (max {finite.max():.3g}): they look {what}, but "
+            f"{method} expects raw counts. Pass `layer=` naming the raw counts "
             "(e.g. layer='counts').",
             UserWarning,
             stacklevel=4,
@@ -166,7 +171,9 @@ def run(
     if ref is not None:
         check_cells_and_genes(ref, "reference")
     if inputs.get("model") is None:
-        warn_if_not_counts(adata, inputs.get("layer"), adapter.model_class.__name__)
+        check_counts(adata, inputs.get("layer"), adapter.model_class.__name__)
+    if ref is not None:
+        check_counts(ref, inputs.get("reference_layer"), adapter.model_class.__name__, "reference")
     result = getattr(adapter, verb)(
         Inputs(adata=adata, reference=ref, group_key=group_key, **inputs), **own, **options
     )
