@@ -61,3 +61,19 @@ def test_empty_and_duplicated_data_are_refused_before_anything_is_written(entry,
     with pytest.raises(ValueError, match=r"var_names` has duplicates.*var_names_make_unique"):
         entry(dup)
     assert (list(dup.obs.columns), set(dup.uns), set(dup.obsm)) == before
+
+
+def test_cellplm_coordinates_are_checked(synthetic):
+    adata = synthetic.copy()
+    adata.obsm["spatial"] = adata.obsm["spatial"].astype(float)
+    adata.obsm["spatial"][0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN coordinates for some cells of group"):
+        sf.CellPLM.setup_anndata(adata, layer="counts", group_key="fov", spatial_key="spatial")
+    adata.obsm["spatial"] = np.ones((adata.n_obs, 3))
+    with pytest.raises(ValueError, match=r"must have shape \(n_obs, 2\) for CellPLM"):
+        sf.CellPLM.setup_anndata(adata, layer="counts", spatial_key="spatial")
+    with pytest.raises(ValueError, match=r"must have shape \(n_obs, 2\)"):
+        sf.pp.build_corpus({"a": adata}, layer="counts")
+    with pytest.raises(KeyError, match=r"adata.obsm\['xy'\] not found"):
+        sf.CellPLM.setup_anndata(adata, layer="counts", spatial_key="xy")
+    assert not [c for c in adata.obs.columns if c.startswith("_scvi")]

@@ -121,7 +121,13 @@ def build_corpus(
                 frame[col] = adata.obs[col].astype(str).to_numpy()
         obs.append(frame)
         if spatial_key in adata.obsm:
-            coords.append(np.asarray(adata.obsm[spatial_key], dtype=np.float64)[:, :2])
+            xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+            if xy.ndim != 2 or xy.shape[1] != 2:
+                raise ValueError(
+                    f"dataset {name!r}: obsm[{spatial_key!r}] must have shape (n_obs, 2), got "
+                    f"{xy.shape}."
+                )
+            coords.append(xy)
         else:
             coords.append(np.full((adata.n_obs, 2), np.nan))
     corpus = AnnData(

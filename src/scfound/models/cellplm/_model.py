@@ -327,11 +327,8 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             check_groups(adata, group_key)
         elif adata.n_obs < 2:
             raise ValueError("a group of one cell has no context; CellPLM needs at least 2 cells.")
-        if spatial_key is not None and spatial_key not in adata.obsm:
-            raise KeyError(
-                f"spatial coordinates adata.obsm[{spatial_key!r}] not found "
-                f"(obsm has {list(adata.obsm.keys())})."
-            )
+        if spatial_key is not None:
+            _check_partly_spatial(adata, spatial_key, group_key)
         if labels_key is not None and labels_key not in adata.obs:
             raise KeyError(
                 f"labels column {labels_key!r} not found in adata.obs "
@@ -866,3 +863,40 @@ def perturbed_genes(adata: AnnData, key: str) -> list[list[str]]:
             f"(e.g. {unknown[:10]})."
         )
     return per_cell
+
+
+def _check_partly_spatial(adata: AnnData, spatial_key: str, group_key: str | None) -> None:
+    """Coordinates of shape ``(n_obs, 2)``, each group either wholly located or wholly NaN.
+
+    A group (one sentence) is encoded with positions only when every cell has them, so a group
+    with some NaN rows would silently lose the positions of all its cells.
+    """
+    if spatial_key not in adata.obsm:
+        raise KeyError(
+            f"spatial coordinates adata.obsm[{spatial_key!r}] not found "
+            f"(obsm has {list(adata.obsm.keys())})."
+        )
+    try:
+        coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"adata.obsm[{spatial_key!r}] must hold numbers: {err}") from None
+    if coords.ndim != 2 or coords.shape[1] != 2:
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] must have shape (n_obs, 2) for CellPLM, got "
+            f"{coords.shape}."
+        )
+    located = np.isfinite(coords).all(1)
+    if located.all() or not located.any():
+        return
+    groups = (
+        np.zeros(adata.n_obs, dtype=int)
+        if group_key is None
+        else adata.obs[group_key].astype(str).to_numpy()
+    )
+    mixed = sorted({str(g) for g in groups[~located]} & {str(g) for g in groups[located]})
+    if mixed:
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] has NaN coordinates for some cells of group(s) "
+            f"{mixed[:5]} and numbers for others; a group is encoded with positions only when "
+            "all its cells have them. Give the cells coordinates, or drop them."
+        )
