@@ -77,3 +77,12 @@ def test_cellplm_coordinates_are_checked(synthetic):
     with pytest.raises(KeyError, match=r"adata.obsm\['xy'\] not found"):
         sf.CellPLM.setup_anndata(adata, layer="counts", spatial_key="xy")
     assert not [c for c in adata.obs.columns if c.startswith("_scvi")]
+
+
+def test_coordinates_that_are_not_numbers_and_single_cells(synthetic):
+    strings = synthetic.copy()
+    strings.obsm["spatial"] = np.array([["a", "b"]] * strings.n_obs)
+    with pytest.raises(ValueError, match=r"must hold numbers \(x, y\)"):
+        sf.tl.impute(strings, layer="counts")
+    with pytest.raises(ValueError, match=r"has 1 cells x 20 genes; at least 2 cell"):
+        sf.tl.impute(synthetic[:1].copy(), layer="counts")

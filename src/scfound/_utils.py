@@ -107,7 +107,13 @@ def get_spatial(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
             f"spatial coordinates adata.obsm[{spatial_key!r}] not found "
             f"(obsm has {list(adata.obsm.keys())}); pass `spatial_key=`."
         )
-    coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    try:
+        coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
+    except (TypeError, ValueError):
+        kind = getattr(adata.obsm[spatial_key], "dtype", type(adata.obsm[spatial_key]).__name__)
+        raise ValueError(
+            f"adata.obsm[{spatial_key!r}] must hold numbers (x, y), got values of type {kind}."
+        ) from None
     if coords.ndim != 2 or coords.shape[1] != 2:
         raise ValueError(
             f"adata.obsm[{spatial_key!r}] must have shape (n_obs, 2), got {coords.shape}."

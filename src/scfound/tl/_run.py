@@ -167,7 +167,7 @@ def run(
     adata = modality(data, args["mod"])
     check_writable(adata, verb, args["key_added"], places(args["key_added"]), args)
     ref = None if reference is None else modality(reference, args["mod"], "reference")
-    check_cells_and_genes(adata)
+    check_cells_and_genes(adata, min_obs=2)  # a cell is processed in the context of others
     if ref is not None:
         check_cells_and_genes(ref, "reference")
     if inputs.get("model") is None:
