@@ -18,6 +18,9 @@ from anndata import AnnData
 
 UNS_KEY = "scfound"
 
+#: the largest finite ``float32``; models compute in ``float32``
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
 
 def get_matrix(adata: AnnData, layer: str | None = None) -> np.ndarray | sp.spmatrix:
     """Return ``adata.layers[layer]`` (or ``adata.X`` when ``layer`` is None) with a clear error.
@@ -54,7 +57,10 @@ def to_dense(X: np.ndarray | sp.spmatrix, dtype: type = np.float32) -> np.ndarra
 def check_expression(
     X: np.ndarray | sp.spmatrix, name: str, *, counts: bool = True, integer: bool = False
 ) -> None:
-    """Raise if ``X`` holds NaN/inf, or negative (and, with ``integer``, non-integer) values.
+    """Raise if ``X`` holds NaN/inf, values beyond float32, negative or non-integer values.
+
+    Models compute in ``float32``: a finite ``float64`` value above the largest ``float32``
+    (about 3.4e38) would become infinite there, so it is refused like an infinite one.
 
     Parameters
     ----------
@@ -79,6 +85,14 @@ def check_expression(
     if not np.all(np.isfinite(values)):
         n_bad = int((~np.isfinite(values)).sum())
         raise ValueError(f"{name} contains {n_bad} NaN or infinite values.")
+    if values.dtype.kind == "f" and np.finfo(values.dtype).max > FLOAT32_MAX:
+        largest = float(np.abs(values).max())
+        if largest > FLOAT32_MAX:
+            n_big = int((np.abs(values) > FLOAT32_MAX).sum())
+            raise ValueError(
+                f"{name} contains {n_big} values too large for float32 (max |value| "
+                f"{largest:g} > {FLOAT32_MAX:g}); they would become infinite in the model."
+            )
     if counts and values.min() < 0:
         raise ValueError(
             f"{name} contains negative values (min {values.min():g}); counts expected."

@@ -12,13 +12,20 @@ from ._mudata import (
     registered_modalities,
     validate_mudata,
 )
-from ._save import SafeSaveMixin, check_genes, read_model_meta, write_model
+from ._save import (
+    ModelFileError,
+    SafeSaveMixin,
+    check_genes,
+    read_model_meta,
+    write_model,
+)
 from ._training import progress_bar_default, quiet_lightning, run_training
 
 __all__ = [
     "MODALITY_KINDS",
     "GroupModelMixin",
     "ModalityKind",
+    "ModelFileError",
     "MuDataSetupMixin",
     "QuietObsmField",
     "SafeSaveMixin",

@@ -16,11 +16,14 @@ from typing import Literal
 import numpy as np
 import torch
 from anndata import AnnData
+from scvi import REGISTRY_KEYS
 from scvi.data import AnnDataManager
 from scvi.train import TrainingPlan, TrainRunner
 
+from scfound._utils import check_expression, get_matrix, layer_name
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
+from ._save import check_genes
 from ._training import run_training
 
 
@@ -38,7 +41,13 @@ class GroupModelMixin:
     * :meth:`_plan_defaults`: defaults of the training plan (optimizer, KL schedule);
     * :meth:`_group_forward`: how a batch is run at inference and what ``fn`` receives;
     * :meth:`_inference_max_cells`: cells of one group encoded together at inference;
-    * :attr:`_predict_requires_training`: refuse inference before training.
+    * :attr:`_predict_requires_training` and :meth:`_has_weights`: refuse inference on a model
+      without learned weights;
+    * :meth:`_check_inference_values`: checks of a new AnnData's values before inference.
+
+    A new AnnData given to inference (not the model's own) must have the model's genes, in the
+    same order, and valid values in the registered layer; it is checked before anything is
+    registered in it, so a refused AnnData is left as it was.
 
     A model usually overrides :meth:`train` with a thin wrapper that states its own defaults
     (epochs, learning rate, ...) in its signature and docstring, and calls this one.
@@ -66,6 +75,26 @@ class GroupModelMixin:
     def _inference_max_cells(self) -> int | None:
         """Cells of one group encoded together at inference (default: the training cap)."""
         return self.max_cells
+
+    def _has_weights(self) -> bool:
+        """Whether the module holds learned weights (default: trained with :meth:`train`)."""
+        return bool(self.is_trained_)
+
+    def _untrained_message(self) -> str:
+        """The error raised by inference on a model without learned weights."""
+        return (
+            f"this {type(self).__name__} is not trained: its outputs would come from random "
+            "weights. Call model.train() first (or load a trained model)."
+        )
+
+    def _check_inference_values(self, adata: AnnData) -> None:
+        """Raise if the registered layer of ``adata`` holds values that setup would refuse.
+
+        Models extend it with their other registered inputs (e.g. coordinates).
+        """
+        registry = self.adata_manager.data_registry[REGISTRY_KEYS.X_KEY]
+        layer = registry.attr_key if registry.attr_name == "layers" else None
+        check_expression(get_matrix(adata, layer), layer_name(layer))
 
     def _group_forward(self, tensors: dict[str, torch.Tensor], decode: bool) -> tuple[dict, ...]:
         """Run the module on one batch without masking; the outputs are the arguments of ``fn``.
@@ -191,6 +220,44 @@ class GroupModelMixin:
         self.module.eval()
 
     # -------------------------------------------------------------- inference
+    def _model_genes(self) -> np.ndarray:
+        """The genes (``var_names``) the model was set up with, in their registered order."""
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY)
+        genes = state.get("column_names")
+        return np.asarray(self.adata.var_names if genes is None else genes).astype(str)
+
+    def _inference_adata(self, adata: AnnData | None) -> AnnData:
+        """The AnnData to run inference on, checked before anything is registered in it.
+
+        Parameters
+        ----------
+        adata
+            ``None`` (the model's own data) or an AnnData to apply the model to.
+
+        Returns
+        -------
+        ``adata``, or the model's AnnData when it is ``None``.
+
+        Raises
+        ------
+        RuntimeError
+            If the model has no learned weights (see :meth:`_has_weights`).
+        ValueError
+            If a new ``adata`` does not have the model's genes in the model's order (the
+            error lists the missing and the unknown genes), or its registered layer holds NaN,
+            infinite, negative or float32-overflowing values.
+        KeyError
+            If a new ``adata`` lacks the registered layer.
+
+        """
+        if self._predict_requires_training and not self._has_weights():
+            raise RuntimeError(self._untrained_message())
+        if adata is None or adata is self.adata:
+            return self.adata
+        check_genes(adata.var_names, self._model_genes())
+        self._check_inference_values(adata)
+        return adata
+
     @torch.inference_mode()
     def _predict(
         self,
@@ -198,6 +265,7 @@ class GroupModelMixin:
         fn: Callable[..., torch.Tensor],
         max_cells: int | Literal["auto"] | None = "auto",
         decode: bool = True,
+        checked: bool = False,
         **extras_kwargs,
     ) -> np.ndarray:
         """Apply ``fn`` to the module's outputs group by group; rows in the cell order of ``adata``.
@@ -214,6 +282,8 @@ class GroupModelMixin:
             chunks); ``"auto"``: :meth:`_inference_max_cells`; ``None``: whole groups.
         decode
             Run the generative model too (not needed for embeddings).
+        checked
+            ``adata`` was returned by :meth:`_inference_adata` (do not check it again).
         **extras_kwargs
             Passed to :meth:`_extras`.
 
@@ -221,9 +291,15 @@ class GroupModelMixin:
         -------
         ``float32`` array, ``(adata.n_obs, n_values)``.
 
+        Raises
+        ------
+        RuntimeError, ValueError, KeyError
+            See :meth:`_inference_adata`: a model without weights, or a new ``adata`` with other
+            genes or bad values (refused before anything is registered in it).
+
         """
-        if self._predict_requires_training:
-            self._check_if_trained(warn=False)
+        if not checked:
+            adata = self._inference_adata(adata)
         adata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(adata, required=True)
         if max_cells == "auto":

@@ -165,8 +165,6 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
     """
 
     _module_cls = CellPLMModule
-    # zero-shot use of a pre-trained or transferred model is inference without training
-    _predict_requires_training = False
 
     def __init__(
         self,
@@ -366,8 +364,9 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
     ) -> CellPLM:
         """Carry a trained CellPLM over to new data (zero-shot use or fine-tuning).
 
-        The new model has the same vocabulary and weights (``pretrained_`` is True, while
-        ``is_trained_`` and ``history`` describe training on ``adata`` only); ``adata``
+        The new model has the same vocabulary and weights (``pretrained_`` is True when
+        ``model`` is trained or pre-trained, while ``is_trained_`` and ``history`` describe
+        training on ``adata`` only); ``adata``
         (registered with :meth:`setup_anndata`) may hold any subset of the vocabulary's genes.
         Its samples are new to the decoder, which therefore uses the mixture of the pre-training
         batch embeddings. A new annotation head is created when ``adata`` was registered with
@@ -405,7 +404,8 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             k: v for k, v in model.module.state_dict().items() if not k.startswith("classifier")
         }
         new.module.load_state_dict(state, strict=False)
-        new.pretrained_ = True
+        # zero-shot use needs learned weights: an untrained source gives an untrained model
+        new.pretrained_ = bool(model.is_trained_ or getattr(model, "pretrained_", False))
         return new
 
     @classmethod
@@ -573,6 +573,18 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         """Whole samples up to :data:`INFERENCE_MAX_CELLS` cells (not the training cap)."""
         return INFERENCE_MAX_CELLS
 
+    def _has_weights(self) -> bool:
+        """Trained here, or carrying pre-trained weights (zero-shot use is inference)."""
+        return bool(self.is_trained_ or self.pretrained_)
+
+    def _untrained_message(self) -> str:
+        return (
+            "this CellPLM has neither been trained nor given pre-trained weights: its outputs "
+            "would come from random weights. Train it (model.train()), carry a trained model "
+            "over to the data (CellPLM.from_model(trained, adata)) or load a checkpoint "
+            "(CellPLM.load, CellPLM.load_pretrained)."
+        )
+
     def _group_forward(self, tensors: dict[str, torch.Tensor], decode: bool) -> tuple[dict]:
         """One dict for ``fn(tensors, outputs)``: inference outputs updated by the decoder's."""
         inference_outputs, generative_outputs = super()._group_forward(tensors, decode)
@@ -586,9 +598,20 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         Parameters
         ----------
         adata
-            Data registered with :meth:`setup_anndata` (default: the model's).
+            Data registered with :meth:`setup_anndata` (default: the model's). Another AnnData
+            needs the model's genes in the model's order and valid counts; data on another gene
+            panel is carried over by name with :meth:`from_model`.
         max_cells
             Cells of one sample encoded together; larger samples are cut in fixed chunks.
+
+        Raises
+        ------
+        RuntimeError
+            If the model has neither been trained nor given pre-trained weights.
+        ValueError
+            If ``adata``'s genes differ from the model's (missing and unknown genes are listed),
+            or its counts hold NaN, infinite, negative or float32-overflowing values. ``adata``
+            is left unchanged.
 
         """
         return self._predict(adata, lambda t, out: out["qz_m"], max_cells, decode=False)
@@ -619,8 +642,8 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             Cells of one sample decoded together.
 
         """
-        values = self._decode(adata, scale, max_cells)
-        adata = self._validate_anndata(adata)
+        adata = self._inference_adata(adata)
+        values = self._decode(adata, scale, max_cells, checked=True)
         full = np.full((adata.n_obs, adata.n_vars), np.nan, dtype=np.float32)
         full[:, self.module.columns.cpu().numpy()] = values
         return full
@@ -660,7 +683,7 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
 
         """
         check_scale(scale)
-        adata_ = self._validate_anndata(adata)
+        adata_ = self._inference_adata(adata)
         decoded = adata_.var_names[self.module.columns.cpu().numpy()]
         positions = None
         if genes is not None:
@@ -668,7 +691,7 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
                 genes, decoded, "the genes the model decodes (registered and in its vocabulary)"
             )
             positions = torch.from_numpy(decoded.get_indexer(genes))
-        values = self._decode(adata, scale, max_cells, positions)
+        values = self._decode(adata_, scale, max_cells, positions, checked=True)
         columns = decoded.copy() if genes is None else pd.Index(genes)
         return pd.DataFrame(values, index=adata_.obs_names.copy(), columns=columns)
 
@@ -696,13 +719,15 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             Cells of one sample decoded together.
 
         """
-        adata_ = self._validate_anndata(adata)
+        adata_ = self._inference_adata(adata)
         genes = check_genes_present(genes, adata_.var_names, "adata.var_names (genes to perturb)")
 
         def decode(tensors, out):
             return torch.log1p(self._fractions(out["px"]) * self.module.target_sum)
 
-        values = self._predict(adata, decode, max_cells, extra_perturbed=tuple(genes))
+        values = self._predict(
+            adata_, decode, max_cells, checked=True, extra_perturbed=tuple(genes)
+        )
         full = np.full(adata_.shape, np.nan, dtype=np.float32)
         full[:, self.module.columns.cpu().numpy()] = values
         return full
@@ -720,15 +745,16 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
                 "this model has no annotation head: register the data with `labels_key=` and "
                 "fine-tune it (scfound.tl.annotate does both)."
             )
+        adata = self._inference_adata(adata)
         probs = self._predict(
             adata,
             lambda t, out: torch.softmax(self.module.classifier(out["qz_m"]), -1),
             max_cells,
             decode=False,
+            checked=True,
         )
         classes = self._label_categories()
         if soft:
-            adata = self._validate_anndata(adata)
             return pd.DataFrame(probs, index=adata.obs_names, columns=classes)
         return np.asarray(classes)[probs.argmax(1)]
 
@@ -739,6 +765,7 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         scale: Literal["log1p", "counts"],
         max_cells: int | None,
         positions: torch.Tensor | None = None,
+        checked: bool = False,
     ) -> np.ndarray:
         """Decoded values at the model's columns (or at ``positions`` among them), cells x genes.
 
@@ -757,7 +784,7 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
                 values = frac / measured * out["counts"].sum(-1, keepdim=True)
             return values if positions is None else values[:, positions.to(values.device)]
 
-        return self._predict(adata, denoise, max_cells)
+        return self._predict(adata, denoise, max_cells, checked=checked)
 
     def _fractions(self, px: torch.Tensor) -> torch.Tensor:
         """Decoder output as per-cell expression fractions over the model's columns."""

@@ -2,7 +2,8 @@
 
 A checkpoint is a pair of files sharing a prefix: ``{prefix}.config.json`` (the model settings and
 the gene vocabulary ``gene_list``) and ``{prefix}.best.ckpt`` (``{"model_state_dict": ...}``). The
-state dict is read with ``torch.load(weights_only=True)``; every parameter that has no counterpart
+state dict is read with ``torch.load(weights_only=True)`` (a file that needs more, which could run
+code, is refused as invalid); every parameter that has no counterpart
 (or the wrong shape) is reported rather than silently dropped, as the authors' loader does.
 """
 
@@ -15,6 +16,8 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import torch
+
+from ..base._save import ModelFileError, ModelFileNotFoundError, load_tensors, read_json_file
 
 if TYPE_CHECKING:
     from anndata import AnnData
@@ -140,7 +143,7 @@ def checkpoint_paths(path: str) -> tuple[str, str]:
     config, weights = path + CONFIG_SUFFIX, path + WEIGHTS_SUFFIX
     for file in (config, weights):
         if not os.path.exists(file):
-            raise FileNotFoundError(
+            raise ModelFileNotFoundError(
                 f"{file} not found: a checkpoint is the pair {{prefix}}{CONFIG_SUFFIX} + "
                 f"{{prefix}}{WEIGHTS_SUFFIX}."
             )
@@ -158,13 +161,29 @@ def load_authors_checkpoint(
 ) -> CellPLM:
     """Build a :class:`CellPLM` from an authors' checkpoint (:meth:`CellPLM.load_pretrained`)."""
     config_file, weights_file = checkpoint_paths(path)
-    with open(config_file) as fh:
-        config = json.load(fh)
-    params = {**config_to_params(config), **overrides}
-    payload = torch.load(weights_file, map_location="cpu", weights_only=True)
+    config = read_json_file(config_file, "checkpoint config")
+    if not isinstance(config, dict):
+        raise ModelFileError(
+            f"checkpoint config {config_file} holds a JSON {type(config).__name__}, not an object."
+        )
+    try:
+        params = {**config_to_params(config), **overrides}
+    except (KeyError, TypeError, ValueError) as err:
+        if isinstance(err, ValueError) and str(err).startswith("checkpoint config has"):
+            raise ModelFileError(f"{config_file}: {err}") from None
+        what = f"no `{err.args[0]}`" if isinstance(err, KeyError) else f"a malformed value ({err})"
+        raise ModelFileError(
+            f"checkpoint config {config_file} has {what}; it is not a CellPLM config."
+        ) from None
+    payload = load_tensors(weights_file, "CellPLM checkpoint")
     state = payload.get("model_state_dict", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict):
-        raise ValueError(f"{weights_file} holds no state dict.")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ModelFileError(
+            f"{weights_file} is not a valid CellPLM checkpoint: it holds no state dict "
+            "(parameter names and tensors, optionally under `model_state_dict`)."
+        )
 
     model = cls(adata, gene_key=gene_key, drop_unknown_genes=drop_unknown_genes, **params)
     ours = model.module.state_dict()

@@ -299,6 +299,22 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         """Latent embedding ``Z`` of every cell (the mean for the VAE), ``(n_obs, n_latent)``.
 
         Deterministic: no masking and no dropout at inference.
+
+        Parameters
+        ----------
+        adata
+            AnnData to embed (default: the one the model was set up with). A new one needs the
+            model's genes in the model's order (``adata[:, model.adata.var_names]``), and
+            non-negative finite counts and finite coordinates, as :meth:`setup_anndata`.
+
+        Raises
+        ------
+        RuntimeError
+            If the model is not trained.
+        ValueError
+            If ``adata``'s genes differ from the model's (missing and unknown genes are listed),
+            or its counts or coordinates hold invalid values. ``adata`` is left unchanged.
+
         """
         return self._predict(adata, lambda t, inf, gen: inf["qz_m"])
 
@@ -315,7 +331,9 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         Parameters
         ----------
         adata
-            AnnData to impute (default: the one the model was set up with).
+            AnnData to impute (default: the one the model was set up with). A new one needs the
+            model's genes in the model's order (``adata[:, model.adata.var_names]``), and
+            non-negative finite counts and finite coordinates, as :meth:`setup_anndata`.
         genes
             Genes (``var_names``) to return; default all of them.
         scale
@@ -331,9 +349,17 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         -------
         DataFrame of ``float32`` values, cells (``obs_names``) x genes.
 
+        Raises
+        ------
+        RuntimeError
+            If the model is not trained.
+        ValueError
+            If ``adata``'s genes differ from the model's (missing and unknown genes are listed),
+            or its counts or coordinates hold invalid values. ``adata`` is left unchanged.
+
         """
         check_scale(scale)
-        adata_ = self._validate_anndata(adata)
+        adata_ = self._inference_adata(adata)
         columns = adata_.var_names
         if genes is not None:
             genes = check_genes_present(genes, columns, "adata.var_names")
@@ -349,12 +375,17 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
                 return counts
             return log_normalize(counts, module.target_sum)
 
-        values = self._predict(adata, impute)
+        values = self._predict(adata_, impute, checked=True)
         if genes is not None:
             values = values[:, adata_.var_names.get_indexer(genes)]
         return pd.DataFrame(values, index=adata_.obs_names.copy(), columns=columns.copy())
 
     # ----------------------------------------------------------------- utils
+    def _check_inference_values(self, adata: AnnData) -> None:
+        """The counts, and the coordinates under the registered ``spatial_key``, as at setup."""
+        super()._check_inference_values(adata)
+        get_spatial(adata, self.adata_manager.registry["setup_args"]["spatial_key"])
+
     def _median_library_size(self) -> float:
         x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         lib = np.asarray(x.sum(1)).ravel()

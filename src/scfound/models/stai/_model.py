@@ -40,7 +40,19 @@ from scfound.nn._alignment import column_pearson, knn_softmax
 from scfound.pp import knn_smoothing_matrix
 
 from ..base._fields import QuietObsmField
-from ..base._save import WEIGHTS_FILE, check_genes, read_model_meta, write_model
+from ..base._save import (
+    WEIGHTS_FILE,
+    ModelFileError,
+    SafeSaveMixin,
+    check_genes,
+    check_prefix,
+    check_state_dict,
+    print_setup_args,
+    read_model_meta,
+    read_weights,
+    restore_on_error,
+    write_model,
+)
 from ..base._training import AMBIGUOUS_BATCH_SIZE, run_training
 from ._module import (
     REFERENCE_LABELS,
@@ -111,7 +123,7 @@ def _finite(z: torch.Tensor, m: int) -> torch.Tensor:
     return z
 
 
-class STAI(BaseModelClass):
+class STAI(SafeSaveMixin, BaseModelClass):
     """stAI: a spatial and a scRNA-seq reference dataset in one latent space.
 
     Zou et al. (2025), *stAI: a deep learning-based model for missing gene imputation and
@@ -779,12 +791,25 @@ class STAI(BaseModelClass):
 
     # ------------------------------------------------------------ save/load
     def save(self, dir_path: str, overwrite: bool = False) -> None:
-        """Save weights (``model.pt``) and settings (``model.json``, no pickle) to ``dir_path``."""
+        """Save weights (``model.pt``) and settings (``model.json``, no pickle) to ``dir_path``.
+
+        Parameters
+        ----------
+        dir_path
+            Folder to write to.
+        overwrite
+            Replace an existing folder's model files.
+
+        """
         meta = {
             "spatial_var_names": self.adata.var_names.astype(str).tolist(),
             "reference_var_names": self.reference.var_names.astype(str).tolist(),
             "spatial_setup": self.adata_manager.registry["setup_args"],
             "reference_setup": self.reference_manager.registry["setup_args"],
+            "registries": {
+                "spatial": self.adata_manager.registry,
+                "reference": self.reference_manager.registry,
+            },
             "init_params": self.init_params_["kwargs"],
             "is_trained": self.is_trained_,
             "imputation_temperature": self.imputation_temperature_,
@@ -793,18 +818,101 @@ class STAI(BaseModelClass):
 
     @classmethod
     def load(cls, dir_path: str, adata_spatial: AnnData, adata_reference: AnnData) -> STAI:
-        """Load a model saved with :meth:`save` onto the same spatial and reference genes."""
-        meta = read_model_meta(dir_path, cls.__name__)
+        """Load a model saved with :meth:`save` onto the same spatial and reference genes.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        adata_spatial, adata_reference
+            The two datasets, with the saved genes in the same order; each is set up with its
+            saved :meth:`setup_anndata` arguments.
+
+        Returns
+        -------
+        The model.
+
+        Raises
+        ------
+        ~scfound.models.base.ModelFileError
+            When the folder is missing, incomplete or corrupt, holds another model class, or its
+            weights do not fit the saved settings. Settings and weights are read and checked
+            before either AnnData is set up, and a load that fails later leaves both as they were.
+
+        """
+        keys = ("spatial_var_names", "reference_var_names", "spatial_setup", "reference_setup")
+        meta = read_model_meta(dir_path, cls.__name__, (*keys, "init_params", "is_trained"))
+        dir_path = os.fspath(dir_path)
+        for key in ("spatial_setup", "reference_setup", "init_params"):
+            if not isinstance(meta[key], dict):
+                raise ModelFileError(
+                    f"{dir_path} is not a valid scfound model folder: `{key}` in model.json is "
+                    "not an object."
+                )
+        state = read_weights(dir_path)
         check_genes(adata_spatial.var_names, meta["spatial_var_names"])
         check_genes(adata_reference.var_names, meta["reference_var_names"])
-        cls.setup_anndata(adata_spatial, **renamed_setup_args(meta["spatial_setup"]))
-        cls.setup_anndata(adata_reference, **renamed_setup_args(meta["reference_setup"]))
-        model = cls(adata_spatial, adata_reference, **meta["init_params"])
-        state = torch.load(
-            os.path.join(dir_path, WEIGHTS_FILE), map_location="cpu", weights_only=True
-        )
-        model.module.load_state_dict(state)
-        model.is_trained_ = meta["is_trained"]
+        with restore_on_error(cls, adata_spatial, adata_reference):
+            cls.setup_anndata(adata_spatial, **renamed_setup_args(meta["spatial_setup"]))
+            cls.setup_anndata(adata_reference, **renamed_setup_args(meta["reference_setup"]))
+            try:
+                model = cls(adata_spatial, adata_reference, **meta["init_params"])
+            except TypeError as err:
+                raise ModelFileError(
+                    f"{dir_path} is not a valid scfound model folder: its init parameters do "
+                    f"not fit STAI ({err})."
+                ) from None
+            check_state_dict(
+                state, model.module, os.path.join(dir_path, WEIGHTS_FILE), cls.__name__
+            )
+            model.module.load_state_dict(state)
+        model.is_trained_ = bool(meta["is_trained"])
         model.imputation_temperature_ = float(meta.get("imputation_temperature", 1.0))
         model.module.eval()
         return model
+
+    @classmethod
+    def load_registry(cls, dir_path: str, prefix: str | None = None) -> dict:
+        """The registries of the spatial and the reference AnnData saved with a model.
+
+        Read from ``model.json``; nothing is unpickled.
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        prefix
+            Not supported (scfound saves without a file prefix); must be ``None``.
+
+        Returns
+        -------
+        ``{"spatial": registry, "reference": registry}``. Models saved before the registries
+        were recorded give the setup arguments alone (``{"setup_args": ...}``).
+
+        """
+        check_prefix(prefix)
+        meta = read_model_meta(dir_path, cls.__name__, ("spatial_setup", "reference_setup"))
+        saved = meta.get("registries") or {}
+        registries = {}
+        for name in ("spatial", "reference"):
+            registry = saved.get(name) if isinstance(saved, dict) else None
+            if not isinstance(registry, dict):
+                registry = {"model_name": cls.__name__, "setup_args": meta[f"{name}_setup"]}
+            registries[name] = registry
+        return registries
+
+    @classmethod
+    def view_setup_args(cls, dir_path: str, prefix: str | None = None) -> None:
+        """Print the arguments the saved model's two AnnData were set up with (read from JSON).
+
+        Parameters
+        ----------
+        dir_path
+            Folder written by :meth:`save`.
+        prefix
+            Not supported (scfound saves without a file prefix); must be ``None``.
+
+        """
+        for name, registry in cls.load_registry(dir_path, prefix).items():
+            print(f"{name} AnnData:")
+            print_setup_args(cls.__name__, registry)

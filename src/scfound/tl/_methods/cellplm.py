@@ -320,6 +320,7 @@ class CellPLMAdapter(MethodAdapter):
         model_kwargs = dict(inputs.model_kwargs)
         train_kwargs: dict[str, Any] = {"seed": seed, **inputs.train_kwargs}
         labelled = small.obs.get(LABELS) is not None
+        torch.manual_seed(seed)  # new weights (a head, covariates), so that `seed` fixes them
         if labelled and model is not None and adapt_epochs > 0:
             adapted = _carry_over(
                 model, small, gene_key, {**model_kwargs, "classification_weight": 0.0}
@@ -338,7 +339,6 @@ class CellPLMAdapter(MethodAdapter):
             train_kwargs.setdefault("lr", SCRATCH_LR if model is None else FINE_TUNE_LR)
             train_kwargs.setdefault("plan_kwargs", {"max_kl_weight": 0.0})
         if model is None:
-            torch.manual_seed(seed)  # the initial weights: `seed` makes the result reproducible
             new = CellPLM(small, gene_key=gene_key, **{**SMALL_CELLPLM, **model_kwargs})
             new.train(max_epochs=max_epochs, **train_kwargs)
         else:

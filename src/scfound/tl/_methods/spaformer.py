@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import pandas as pd
-import scvi
 from anndata import AnnData
+from lightning.pytorch import seed_everything
 
-from scfound._utils import check_genes_present
+from scfound._utils import check_expression, check_genes_present, get_matrix, layer_name
 from scfound.models import SpaFormer
+from scfound.models.base import check_genes
 
 from ._base import Inputs, MethodAdapter, Result
 from ._minimal import TILE_KEY, add_tiles, minimal_anndata
@@ -23,6 +24,9 @@ class SpaFormerAdapter(MethodAdapter):
 
     Needs coordinates in ``obsm[spatial_key]``. Without ``group_key`` the section is cut into
     square tiles of about 500 cells (in the model's own AnnData; ``obs`` is not changed).
+    A given ``model`` reads its genes by name: ``adata``'s genes are put in the model's order
+    (in the model's own AnnData) when ``adata`` has exactly the model's genes, and refused,
+    with the missing and unknown genes listed, otherwise; results follow ``adata``'s order.
     """
 
     name = "spaformer"
@@ -60,6 +64,8 @@ class SpaFormerAdapter(MethodAdapter):
         values = model.get_imputed_expression(
             small, genes=genes, scale=scale, keep_observed=keep_observed
         )
+        if genes is None:  # the model's gene order back to the caller's
+            values = values[inputs.adata.var_names]
         return Result(_frame(values, inputs.adata), model, {"keep_observed": keep_observed})
 
     def embed(self, inputs: Inputs, *, batch_key: str | None = None) -> Result:
@@ -87,6 +93,8 @@ class SpaFormerAdapter(MethodAdapter):
         layer = inputs.layer if inputs.layer is not None else args.get("layer")
         group_key = inputs.group_key or args.get("group_key")
         spatial_key = args.get("spatial_key", "spatial")
+        # checked here, before anything else, with the errors of setup_anndata on adata's names
+        check_expression(get_matrix(inputs.adata, layer), layer_name(layer))
         # a model fitted here was trained on tiles: the new data is cut the same way
         tiles = group_key == TILE_KEY and TILE_KEY not in inputs.adata.obs
         small = minimal_anndata(
@@ -95,6 +103,7 @@ class SpaFormerAdapter(MethodAdapter):
             obs_keys=(None if tiles else group_key, batch_key or args.get("batch_key")),
             spatial_key=spatial_key,
         )
+        small = _in_model_order(small, model, args.get("layer"))
         if tiles:
             add_tiles(small, spatial_key)
         return model, small
@@ -107,7 +116,7 @@ class SpaFormerAdapter(MethodAdapter):
             spatial_key=inputs.spatial_key,
         )
         group_key = inputs.group_key or add_tiles(small, inputs.spatial_key)
-        scvi.settings.seed = inputs.seed
+        seed_everything(inputs.seed, verbose=False)  # Python, NumPy and torch, quietly
         SpaFormer.setup_anndata(
             small,
             layer=inputs.layer,
@@ -120,6 +129,49 @@ class SpaFormerAdapter(MethodAdapter):
             max_epochs=inputs.max_epochs or MAX_EPOCHS, seed=inputs.seed, **inputs.train_kwargs
         )
         return model, small
+
+
+def _in_model_order(small: AnnData, model: SpaFormer, layer: str | None) -> AnnData:
+    """``small`` (a minimal AnnData) with the genes and the layer name ``model`` reads.
+
+    Parameters
+    ----------
+    small
+        Minimal AnnData of the caller's data (never the caller's object).
+    model
+        The given model.
+    layer
+        The layer the model was set up with (``None``: ``.X``).
+
+    Raises
+    ------
+    ValueError
+        If ``small``'s genes are not the model's genes (in any order); the missing and the
+        unknown genes are listed.
+    """
+    genes = pd.Index(model._model_genes()).astype(str)
+    if not small.var_names.equals(genes):
+        if set(small.var_names) != set(genes):
+            try:
+                check_genes(small.var_names, genes)
+            except ValueError as err:
+                raise ValueError(
+                    f"{err} The given SpaFormer reads exactly the {len(genes)} genes it was "
+                    "trained on (in any order: they are matched by name); select them with "
+                    "adata[:, model.adata.var_names] when adata has them all."
+                ) from None
+        small = small[:, genes].copy()
+    (stored,) = list(small.layers) or [None]
+    if stored != layer:  # the caller named another layer than the model's: store it as the model's
+        X = get_matrix(small, stored)
+        small = AnnData(
+            X=X if layer is None else None,
+            obs=small.obs,
+            var=small.var,
+            obsm=dict(small.obsm),
+            layers=None if layer is None else {layer: X},
+        )
+    return small
 
 
 def _frame(values: Any, adata: AnnData) -> pd.DataFrame:

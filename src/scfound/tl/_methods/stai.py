@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
+import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from scvi import REGISTRY_KEYS
 
-from scfound._utils import check_genes_present, get_obs_column
+from scfound._utils import check_genes_present, get_matrix, get_obs_column, layer_name
 from scfound.models import STAI
+from scfound.models.base import check_genes
 
 from ._base import Inputs, MethodAdapter, Result
 from ._minimal import minimal_anndata
@@ -22,7 +26,8 @@ class STAIAdapter(MethodAdapter):
 
     Needs a ``reference`` (genes matched by name) and coordinates in ``adata.obsm[spatial_key]``;
     ``group_key`` names slices whose neighbour graphs are kept apart. A given ``model`` must have
-    been trained on ``adata``'s cells (stAI predicts the cells it was set up with).
+    been trained on ``adata``'s cells, genes and values (stAI predicts the cells it was set up
+    with and does not read ``adata``): other cells, genes or values are refused.
     """
 
     name = "stai"
@@ -95,6 +100,7 @@ class STAIAdapter(MethodAdapter):
                     "the given STAI model was trained on other spatial cells; it predicts the "
                     "cells it was set up with (model.adata)."
                 )
+            _check_model_data(inputs, model)
             return model
         spatial = minimal_anndata(
             inputs.adata,
@@ -121,3 +127,59 @@ class STAIAdapter(MethodAdapter):
         fitted = STAI(spatial, ref, **inputs.model_kwargs)
         fitted.train(max_epochs=inputs.max_epochs, seed=inputs.seed, **inputs.train_kwargs)
         return fitted
+
+
+def _check_model_data(inputs: Inputs, model: STAI) -> None:
+    """``inputs.adata`` must hold the genes and values of ``model``'s spatial data.
+
+    stAI predicts the spatial cells it was set up with and never reads ``adata``, so results
+    written into an ``adata`` with other genes or values would not describe it. Genes are
+    matched by name (their order may differ); the layer is the call's ``layer`` or, when not
+    given, the one the model was set up with.
+
+    Raises
+    ------
+    ValueError
+        If the genes differ (the missing and unknown ones are listed) or any value differs.
+    """
+    adata, own = inputs.adata, model.adata
+    layer = inputs.layer
+    if layer is None:
+        layer = model.adata_manager.registry["setup_args"].get("layer")
+    where = layer_name(layer)
+    genes = own.var_names
+    if set(adata.var_names) != set(genes):
+        try:
+            check_genes(adata.var_names, genes)
+        except ValueError as err:
+            raise ValueError(
+                f"{err} The given STAI model predicts the spatial data it was set up with "
+                "(model.adata) and does not read adata: pass that data, or model=None to train "
+                "on adata."
+            ) from None
+    X, registered = (
+        get_matrix(adata, layer),
+        model.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY),
+    )
+    if X is registered:
+        return
+    if not _same_values(X, registered, adata.var_names.get_indexer(genes)):
+        raise ValueError(
+            f"the values of {where} differ from the spatial data the given STAI model was set "
+            "up with (model.adata): stAI predicts the values it was trained on and does not "
+            "read adata. Pass that data, or model=None to train on adata."
+        )
+
+
+def _same_values(
+    X: np.ndarray | sp.spmatrix, Y: np.ndarray | sp.spmatrix, order: np.ndarray
+) -> bool:
+    """Whether ``X[:, order]`` equals ``Y`` entry by entry (dense or sparse)."""
+    if X.shape != Y.shape:
+        return False
+    if not np.array_equal(order, np.arange(len(order))):
+        X = X[:, order]
+    if sp.issparse(X) or sp.issparse(Y):
+        diff = sp.csr_matrix(X, dtype=np.float64) != sp.csr_matrix(Y, dtype=np.float64)
+        return diff.nnz == 0
+    return np.array_equal(np.asarray(X), np.asarray(Y))
