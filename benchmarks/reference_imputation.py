@@ -62,6 +62,7 @@ import scfound as sf
 
 DATA = "../shared/data"  # relative to the repository root, where the script is run from
 MOP = f"{DATA}/mop_snareseq.h5mu"
+COSMX = f"{DATA}/cosmx_lung12_mini.h5ad"
 LABELS = "cell_type"
 
 IMPUTERS = ("stai", "spage", "tangram", "gimvi")
@@ -187,9 +188,9 @@ class Setting:
     query: ad.AnnData
     reference: ad.AnnData
     genes: list[str]
-    ann_query: ad.AnnData
-    ann_reference: ad.AnnData
-    ann_truth: np.ndarray
+    ann_query: ad.AnnData | None
+    ann_reference: ad.AnnData | None
+    ann_truth: np.ndarray | None
     ann_title: str
     notes: list[str] = field(default_factory=list)
 
@@ -334,9 +335,42 @@ def make_setting_b(args: argparse.Namespace) -> Setting:
     )
 
 
+def make_setting_c(args: argparse.Namespace) -> Setting:
+    """CosMx Lung12 (960-gene panel) split by field of view: one FOV is the query."""
+    cosmx = ad.read_h5ad(COSMX)
+    fov = cosmx.obs["fov"].astype(str).to_numpy()
+    q_idx, r_idx = np.flatnonzero(fov == fov[0]), np.flatnonzero(fov != fov[0])
+    query = counts_adata(cosmx.layers["counts"][q_idx], cosmx.obs_names[q_idx], cosmx.var_names)
+    query.obsm["spatial"] = np.asarray(cosmx.obsm["spatial"][q_idx], dtype=np.float64)
+    reference = counts_adata(cosmx.layers["counts"][r_idx], cosmx.obs_names[r_idx], cosmx.var_names)
+    total = baselines.counts_of(cosmx).sum(axis=0)
+    top = [str(g) for g in cosmx.var_names[np.argsort(-total, kind="stable")[:20]]]
+    genes = select_genes(top, args) if args.gene_names else top[: args.genes or 20]
+    return Setting(
+        name="c",
+        title=(
+            f"(c) CosMx Lung12 split by FOV: query FOV {fov[0]} ({query.n_obs} cells, with "
+            f"coordinates), reference the other FOV ({reference.n_obs} cells, without), "
+            f"{cosmx.n_vars} shared genes; held out: the 20 with the most counts"
+        ),
+        query=query,
+        reference=reference,
+        genes=genes,
+        ann_query=None,
+        ann_reference=None,
+        ann_truth=None,
+        ann_title="no cell-type labels: annotation not run",
+        notes=[
+            "A targeted-panel reference of the same platform, as a section split in two; with "
+            "about 60 cells per half it is a small stand-in and its medians are noisy."
+        ],
+    )
+
+
 SETTINGS: dict[str, Callable[[argparse.Namespace], Setting]] = {
     "a": make_setting_a,
     "b": make_setting_b,
+    "c": make_setting_c,
 }
 
 
@@ -362,27 +396,34 @@ def stai_kwargs(cfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def impute_stai(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) -> np.ndarray:
+def impute_stai(
+    query: ad.AnnData, reference: ad.AnnData, genes: list[str], cfg: dict
+) -> np.ndarray:
     if cfg["stai_calibrate"]:
-        return impute_stai_calibrated(query, reference, gene, cfg)
+        return impute_stai_calibrated(query, reference, genes, cfg)
+    given = {"scale": cfg["scale"]} if cfg["scale"] is not None else {}
     sf.tl.impute(
         query,
         reference=reference,
         method="stai",
-        genes=[gene],
+        genes=genes,
         layer="counts",
         reference_layer="counts",
         spatial_key="spatial",
-        scale=cfg["scale"],
         max_epochs=cfg["stai_epochs"],
         seed=cfg["seed"],
+        **given,
         **stai_kwargs(cfg),
     )
-    return np.asarray(query.obsm["stai_imputed"][gene], dtype=np.float64)
+    run = query.uns["scfound"]["impute"]["stai_imputed"]
+    for key in ("scale", "temperature", "reference_transform", "reference_smoothing"):
+        if key in run:
+            cfg["_params"].setdefault(key, []).append(plain(run[key]))
+    return np.asarray(query.obsm["stai_imputed"][genes], dtype=np.float64)
 
 
 def impute_stai_calibrated(
-    query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict
+    query: ad.AnnData, reference: ad.AnnData, genes: list[str], cfg: dict
 ) -> np.ndarray:
     """Impute with stAI through the model API, at the temperature ``calibrate_imputation`` picks."""
     import torch
@@ -396,11 +437,12 @@ def impute_stai_calibrated(
     )
 
     def calibrated(suffix: str = "") -> np.ndarray:
-        table = model.calibrate_imputation(scale=cfg["scale"])
+        scale = cfg["scale"] or "log1p"
+        table = model.calibrate_imputation(scale=scale)
         params = cfg["_params"]
         params.setdefault(f"temperature{suffix}", []).append(model.imputation_temperature_)
         params.setdefault(f"calibration_pcc{suffix}", []).append(table.round(4).to_dict())
-        return model.get_imputed_expression(genes=[gene], scale=cfg["scale"])[gene].to_numpy()
+        return model.get_imputed_expression(genes=genes, scale=scale).to_numpy()
 
     smoothing = model.reference_smoothing
     if smoothing is None:
@@ -412,50 +454,54 @@ def impute_stai_calibrated(
 
 
 def impute_spage(
-    query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict
+    query: ad.AnnData, reference: ad.AnnData, genes: list[str], cfg: dict
 ) -> np.ndarray | dict[str, np.ndarray]:
     def run(smoothing: int | None) -> np.ndarray:
         out = baselines.spage_impute(
             query,
             reference,
-            [gene],
+            genes,
             n_pv=cfg["spage_npv"],
             k=cfg["spage_k"],
             seed=cfg["seed"],
-            scale=cfg["scale"],
-            reference_transform=cfg["reference_transform"],
+            scale=cfg["scale"] or "log1p",
+            reference_transform=cfg["reference_transform"] or "cp10k_log1p",
             reference_smoothing=smoothing,
         )
-        return out[gene].to_numpy()
+        return out[genes].to_numpy()
 
     if cfg["reference_smoothing"] is None:
         return run(None)
     return {"spage": run(cfg["reference_smoothing"]), UNSMOOTHED["spage"]: run(None)}
 
 
-def impute_gimvi(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) -> np.ndarray:
+def impute_gimvi(
+    query: ad.AnnData, reference: ad.AnnData, genes: list[str], cfg: dict
+) -> np.ndarray:
     out = baselines.gimvi_impute(
         query,
         reference,
-        [gene],
+        genes,
         reference_genes=cfg["gimvi_genes"],
         max_epochs=cfg["gimvi_epochs"],
         seed=cfg["seed"],
-        normalized=cfg["scale"] == "log1p",
+        normalized=cfg["scale"] != "counts",
     )
-    return out[gene].to_numpy()
+    return out[genes].to_numpy()
 
 
-def impute_tangram(query: ad.AnnData, reference: ad.AnnData, gene: str, cfg: dict) -> np.ndarray:
-    genes = [g for g in baselines.shared_genes(query, reference) if g != gene]
-    sub = reference[:, [*genes, gene]]
+def impute_tangram(
+    query: ad.AnnData, reference: ad.AnnData, targets: list[str], cfg: dict
+) -> np.ndarray:
+    genes = [g for g in baselines.shared_genes(query, reference) if g not in set(targets)]
+    sub = reference[:, [*genes, *targets]]
     adata_map, adata_sc = baselines.tangram_map(
         query, sub, genes, num_epochs=cfg["tangram_epochs"], seed=cfg["seed"], device=cfg["device"]
     )
     history = np.asarray(adata_map.uns["training_history"]["main_loss"], dtype=float)
     cfg["_params"].setdefault("train_cosine_final", []).append(float(history[-1]))
     cfg["_params"].setdefault("train_cosine_half", []).append(float(history[len(history) // 2]))
-    return baselines.tangram_impute(adata_map, adata_sc, [gene])[gene].to_numpy()
+    return baselines.tangram_impute(adata_map, adata_sc, targets)[targets].to_numpy()
 
 
 def annotate_stai(query: ad.AnnData, reference: ad.AnnData, cfg: dict) -> np.ndarray:
@@ -482,7 +528,7 @@ def annotate_knn(query: ad.AnnData, reference: ad.AnnData, cfg: dict) -> np.ndar
         n_pcs=cfg["spage_npv"],
         k=cfg["knn_k"],
         seed=cfg["seed"],
-        reference_transform=cfg["reference_transform"],
+        reference_transform=cfg["reference_transform"] or "cp10k_log1p",
     )
 
 
@@ -554,15 +600,21 @@ def run_worker(spec_path: str) -> None:
         fn = IMPUTE_RUNNERS[spec["method"]]
         genes = spec["genes"]
         preds: dict[str, np.ndarray] = {}
-        seconds = []
-        for j, gene in enumerate(genes):
-            held = query[:, query.var_names != gene].copy()
+        seconds = [np.nan] * len(genes)
+        size = cfg["gene_fold_size"]
+        for start in range(0, len(genes), size):
+            fold = genes[start : start + size]
+            cols = list(range(start, start + len(fold)))
+            held = query[:, ~query.var_names.isin(fold)].copy()
             t0 = time.perf_counter()
-            out = fn(held, reference, gene, cfg)
-            seconds.append(time.perf_counter() - t0)
+            out = fn(held, reference, fold, cfg)
+            took = time.perf_counter() - t0
+            for j in cols:  # one fit per fold: its time is shared by the fold's genes
+                seconds[j] = took / len(fold)
             for name, values in (out if isinstance(out, dict) else {spec["method"]: out}).items():
-                preds.setdefault(name, np.full((query.n_obs, len(genes)), np.nan))[:, j] = values
-            print(f"{spec['method']} {gene}: {seconds[-1]:.1f} s", flush=True)
+                values = np.asarray(values).reshape(query.n_obs, len(fold))
+                preds.setdefault(name, np.full((query.n_obs, len(genes)), np.nan))[:, cols] = values
+            print(f"{spec['method']} {fold}: {took:.1f} s", flush=True)
         np.save(spec["out"], preds.pop(spec["method"]))
         for name, values in preds.items():  # variants of the same fit (e.g. not smoothed)
             np.save(spec["out"].replace(f"-{spec['method']}.npy", f"-{name}.npy"), values)
@@ -598,6 +650,7 @@ def method_config(args: argparse.Namespace) -> dict[str, Any]:
         "knn_k",
         "reference_smoothing",
         "threads",
+        "gene_fold_size",
     ]
     return {k: getattr(args, k) for k in keys}
 
@@ -649,11 +702,18 @@ def run_child(
 # --------------------------------------------------------------------------------------------
 
 
+#: what held-out predictions are scored against (set from ``--truth`` in :func:`main`)
+TRUTH = {"value": "counts"}
+
+
 def score_imputation(setting: Setting, pred: np.ndarray, record: dict) -> pd.DataFrame:
     """Per-gene scores of one method (``heldout_gene_scores``) plus its seconds per gene."""
     from scfound.metrics import heldout_gene_scores
 
-    truth = baselines.counts_of(setting.query, setting.genes)
+    if TRUTH["value"] == "log1p_cp10k":  # library over every gene the query measures
+        truth = baselines.log_cp10k(setting.query, setting.genes)
+    else:
+        truth = baselines.counts_of(setting.query, setting.genes)
     scores = pd.DataFrame(heldout_gene_scores(truth, pred, gene_names=setting.genes))
     scores["seconds"] = record["seconds_per_gene"]
     return scores
@@ -728,8 +788,9 @@ def run_setting(args: argparse.Namespace, setting: Setting, folder: Path, out: d
     folder.mkdir(parents=True, exist_ok=True)
     setting.query.write_h5ad(folder / "query.h5ad")
     setting.reference.write_h5ad(folder / "reference.h5ad")
-    setting.ann_query.write_h5ad(folder / "ann_query.h5ad")
-    setting.ann_reference.write_h5ad(folder / "ann_reference.h5ad")
+    if setting.ann_truth is not None:
+        setting.ann_query.write_h5ad(folder / "ann_query.h5ad")
+        setting.ann_reference.write_h5ad(folder / "ann_reference.h5ad")
     res: dict[str, Any] = {
         "title": setting.title,
         "genes": setting.genes,
@@ -761,7 +822,7 @@ def run_setting(args: argparse.Namespace, setting: Setting, folder: Path, out: d
                     res["errors"][f"impute {name}"] = f"scoring: {err!r}"
             log_progress(setting, "impute", method, record)
             write_outputs(args, out)
-    if "annotate" in args.tasks:
+    if "annotate" in args.tasks and setting.ann_truth is not None:
         for method in [m for m in ANNOTATORS if m in args.methods]:
             pred, record = run_child(args, folder, method, "annotate", [])
             res["annotation_records"][method] = record
@@ -856,22 +917,33 @@ def method_settings(args: argparse.Namespace) -> str:
         f"**Methods.** stAI: `sf.tl.impute(..., method='stai', max_epochs={args.stai_epochs})`, "
         f"`sf.tl.annotate(..., method='stai', max_epochs={args.stai_annotation_epochs})`, "
         f"model kwargs {args.stai_model_kwargs or 'default'}, train kwargs "
-        f"{args.stai_train_kwargs or 'default'}, `scale='{args.scale}'`"
+        f"{args.stai_train_kwargs or 'default'}, "
+        + (f"`scale='{args.scale}'`" if args.scale else "scale: its default")
         + (
             "; trained through the model API, with the imputation temperature picked by "
             "`STAI.calibrate_imputation` (candidates 0.125, 0.25, 0.5, 1; scored on each "
             "submodel's calibration genes, which the spatial data measures) before imputing."
             if args.stai_calibrate
-            else "."
+            else " (a new fit picks its temperature and reference options itself; the choices "
+            "are in the params line of its record)."
         ),
-        f"SpaGE-like: reference {REFERENCE_VALUES[args.reference_transform]} and query raw "
+        f"Held-out genes per fit: {args.gene_fold_size} "
+        "(each fit removes the fold's genes from the query and imputes them; every method "
+        "sees the same folds). Scored against the held-out genes' "
+        + (
+            "log1p of counts per 1e4 (library over every query gene)."
+            if args.truth == "log1p_cp10k"
+            else "raw counts."
+        ),
+        "SpaGE-like: reference "
+        f"{REFERENCE_VALUES[args.reference_transform or 'cp10k_log1p']} and query raw "
         "counts z-scored per gene, PCA "
         f"({args.spage_npv} components at most) fitted on the reference, {args.spage_k} nearest "
         "reference cells by cosine distance, SpaGE weights (1 - d / sum d over neighbours with "
         "d < 1, normalised), weighted mean of "
         + (
             "the reference's log1p-CP10k."
-            if args.scale == "log1p"
+            if args.scale != "counts"
             else "the reference's CP10k, times the query cell's total over the shared genes "
             "divided by the reference's mean CP10k total over them (as stAI's "
             "`scale='counts'`)."
@@ -890,7 +962,7 @@ def method_settings(args: argparse.Namespace) -> str:
         f"{args.tangram_epochs} epochs{tangram_note}, lr 0.1, rna_count_based density prior, "
         "training genes = shared minus the held-out gene.",
         f"gimVI: raw counts, scvi-tools defaults, {args.gimvi_epochs} epochs, seq data: "
-        f"{gimvi_genes}, `get_imputed_values(normalized={args.scale == 'log1p'})`.",
+        f"{gimvi_genes}, `get_imputed_values(normalized={args.scale != 'counts'})`.",
         f"kNN label transfer: majority of the {args.knn_k} nearest reference cells in the "
         "SpaGE-like PCA space (all shared genes).",
         "scANVI: the shared genes' raw counts, dataset as batch, scVI then "
@@ -933,12 +1005,16 @@ def setting_section(res: dict[str, Any]) -> list[str]:
                 ]
             stai = res["impute_records"].get("stai", {}).get("params", {})
             if "temperature" in stai:
-                chosen = ", ".join(
-                    f"{g} {t:g}" for g, t in zip(res["genes"], stai["temperature"], strict=False)
-                )
+                chosen = ", ".join(f"{t:g}" for t in stai["temperature"])
                 lines += [
-                    f"stAI temperatures picked by `calibrate_imputation`: {chosen}; mean "
-                    f"calibration PCC per candidate: {stai['calibration_pcc']}.",
+                    f"stAI temperatures picked by `calibrate_imputation` (one per fit): {chosen}"
+                    + (
+                        f"; mean calibration PCC per candidate: {stai['calibration_pcc']}."
+                        if "calibration_pcc" in stai
+                        else "; stAI's other recorded choices: "
+                        + ", ".join(f"{k} {v}" for k, v in stai.items() if k != "temperature")
+                        + "."
+                    ),
                     "",
                 ]
             tests = stai_tests(per_gene)
@@ -1054,16 +1130,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scale",
         choices=["log1p", "counts"],
-        default="log1p",
-        help="output scale of stAI, SpaGE-like and gimVI: log-normalised (stAI's) or expected "
-        "counts at each spatial cell's depth (Tangram's output is counts either way)",
+        default=None,
+        help="output scale of stAI, SpaGE-like and gimVI: log-normalised or expected counts at "
+        "each spatial cell's depth (Tangram's output is counts either way); default: each "
+        "method's own (log1p for all three)",
     )
     parser.add_argument(
         "--reference-transform",
         choices=["cp10k_log1p", "scale", "log1p"],
-        default="cp10k_log1p",
+        default=None,
         help="reference values before the per-gene z-scores, for stAI (`reference_transform`) "
-        "and the SpaGE-like / kNN joint PCA: log1p-CP10k (stAI's), raw counts, or their log1p",
+        "and the SpaGE-like / kNN joint PCA: log1p-CP10k, raw counts, or their log1p; "
+        "default: each method's own (stAI: chosen from the reference's breadth; SpaGE-like / "
+        "kNN: log1p-CP10k)",
+    )
+    parser.add_argument(
+        "--truth",
+        choices=["counts", "log1p_cp10k"],
+        default="counts",
+        help="what the held-out genes' predictions are scored against: their raw counts, or "
+        "log1p of counts per 1e4 (library over every gene of the query)",
+    )
+    parser.add_argument(
+        "--gene-fold-size",
+        type=int,
+        default=1,
+        help="held-out genes per fit: each fit removes a fold of this many genes from the "
+        "query and imputes them all (1: leave one gene out)",
     )
     parser.add_argument("--stai-epochs", type=int, default=500, help="stAI imputation epochs")
     parser.add_argument(
@@ -1127,9 +1220,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "reference_smoothing": args.reference_smoothing
         }
     given = (args.stai_model_kwargs or {}).get("reference_transform", args.reference_transform)
-    if given != args.reference_transform:
+    if args.reference_transform is not None and given != args.reference_transform:
         parser.error("--stai-model-kwargs and --reference-transform disagree; give one of them.")
-    if args.reference_transform != "cp10k_log1p":
+    if args.reference_transform is not None:
         args.stai_model_kwargs = (args.stai_model_kwargs or {}) | {
             "reference_transform": args.reference_transform
         }
@@ -1139,6 +1232,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Run the selected settings, tasks and methods; write the report."""
     args = parse_args(argv)
+    TRUTH["value"] = args.truth
     if args.worker:
         run_worker(args.worker)
         return

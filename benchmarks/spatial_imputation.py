@@ -8,12 +8,20 @@ returns an imputation on the count scale; it is scored on the held-out entries w
 true counts, log1p, all held-out entries pooled). Ablations of SpaFormer (positional encodings,
 bi-level mask rates, decoder and latent) reuse the same held-out mask (osmFISH only).
 
+The 3-D case (``--datasets synthetic3d``) is a synthetic volume
+(``sf.datasets.synthetic_spatial(..., n_dims=3)``: 3-D domains and a field that varies along z
+as along x and y). Every baseline runs on x, y, z; the spatial kNN, the tuned blend and SpaFormer
+also run on x, y only (``*_xy``: z dropped) to show what z adds; the positional-encoding
+ablation runs there too.
+
 Usage::
 
     python benchmarks/spatial_imputation.py                     # both datasets, ablations on
     python benchmarks/spatial_imputation.py --datasets osmfish --seeds 0 1 2 --no-ablations
     python benchmarks/spatial_imputation.py --methods spatial_knn tuned_blend spaformer
     python benchmarks/spatial_imputation.py --quick --out /tmp/bench_quick   # smoke test
+    python benchmarks/spatial_imputation.py --datasets synthetic3d --seeds 0 1 \
+        --out benchmarks/results/spatial_imputation_3d                      # 3-D volume
 
 Writes ``spatial_imputation.csv``, ``spatial_imputation_ablations.csv`` and
 ``spatial_imputation.md`` into ``--out`` (default ``benchmarks/results``).
@@ -46,16 +54,35 @@ from scfound.metrics import imputation_scores
 
 HELDOUT_FRACTION = 0.3
 
+#: size of the synthetic volume of the 3-D case
+VOLUME_CELLS, VOLUME_GENES = 1500, 50
+
+
+def synthetic_volume() -> AnnData:
+    """The synthetic 3-D volume (the same data for every seed; the held-out mask varies)."""
+    return sf.datasets.synthetic_spatial(
+        n_cells=VOLUME_CELLS, n_genes=VOLUME_GENES, n_groups=6, seed=0, n_dims=3
+    )
+
+
 #: dataset name -> (loader, FOV column or None: SpaFormer then tiles the section itself)
 DATASETS: dict[str, tuple[Callable[[], AnnData], str | None]] = {
     "osmfish": (sf.datasets.osmfish, None),
     "cosmx": (sf.datasets.cosmx_lung12_mini, "fov"),
+    "synthetic3d": (synthetic_volume, None),
 }
 
 DATASET_TITLES = {
     "osmfish": "osmFISH mouse somatosensory cortex (4,363 cells x 33 genes, one section)",
     "cosmx": "CosMx NSCLC Lung12 mini (120 cells x 960 genes, 2 FOVs)",
+    "synthetic3d": (
+        f"Synthetic 3-D volume ({VOLUME_CELLS:,} cells x {VOLUME_GENES} genes, x, y, z; "
+        "SpaFormer on blocks of about 500 cells)"
+    ),
 }
+
+#: datasets with ablations -> ablation groups run there
+ABLATION_DATASETS = {"osmfish": None, "synthetic3d": ["positional encoding"]}
 
 
 @dataclass
@@ -78,6 +105,11 @@ class Task:
     def coords(self) -> np.ndarray:
         """Cell coordinates."""
         return np.asarray(self.adata.obsm["spatial"])
+
+    @property
+    def coords_xy(self) -> np.ndarray:
+        """x, y only (z dropped)."""
+        return self.coords[:, :2]
 
 
 Result = tuple[np.ndarray, dict[str, Any]]
@@ -108,6 +140,16 @@ def run_spatial_knn(task: Task) -> Result:
 
 def run_tuned_blend(task: Task) -> Result:
     return baselines.tuned_knn_blend(task.obs, task.coords, seed=task.seed)
+
+
+def run_spatial_knn_xy(task: Task) -> Result:
+    params = {"k": 10, "weighted": False, "axes": "x, y"}
+    return baselines.spatial_knn(task.obs, task.coords_xy, k=10, weighted=False), params
+
+
+def run_tuned_blend_xy(task: Task) -> Result:
+    imputed, params = baselines.tuned_knn_blend(task.obs, task.coords_xy, seed=task.seed)
+    return imputed, {**params, "axes": "x, y"}
 
 
 def run_scvi(task: Task) -> Result:
@@ -157,6 +199,31 @@ def run_spaformer(task: Task) -> Result:
     return spaformer_impute(task, {}, "spaformer_imputed")
 
 
+def run_spaformer_xy(task: Task) -> Result:
+    """SpaFormer on x, y only: the same tiles (cut in 3-D), z dropped from its coordinates."""
+    xyz = task.adata.obsm["spatial"]
+    if task.group_key is None:
+        sf.pp.spatial_tiles(task.adata, n_tiles=max(1, round(task.adata.n_obs / 500)))
+    task.adata.obsm["spatial_xy"] = np.ascontiguousarray(np.asarray(xyz)[:, :2])
+    try:
+        sf.tl.impute(
+            task.adata,
+            layer="heldout_counts",
+            spatial_key="spatial_xy",
+            group_key=task.group_key or "spatial_tile",
+            max_epochs=task.max_epochs,
+            train_kwargs={"enable_progress_bar": False},
+            seed=task.seed,
+            key_added="spaformer_xy_imputed",
+        )
+    finally:
+        del task.adata.obsm["spatial_xy"]
+        if task.group_key is None:
+            del task.adata.obs["spatial_tile"]
+    imputed = np.asarray(task.adata.layers.pop("spaformer_xy_imputed"), dtype=np.float32)
+    return imputed, {"axes": "x, y", "max_epochs": task.max_epochs}
+
+
 #: method name -> (display name, runner); the order is the order of the tables
 METHODS: dict[str, tuple[str, Callable[[Task], Result]]] = {
     "zero_fill": ("Zero fill (unimputed)", run_zero_fill),
@@ -167,7 +234,13 @@ METHODS: dict[str, tuple[str, Callable[[Task], Result]]] = {
     "scvi": ("scVI", run_scvi),
     "spagat": ("SpaGAT", run_spagat),
     "spaformer": ("SpaFormer", run_spaformer),
+    "spatial_knn_xy": ("Spatial kNN (k=10), x, y only", run_spatial_knn_xy),
+    "tuned_blend_xy": ("Tuned kNN blend, x, y only", run_tuned_blend_xy),
+    "spaformer_xy": ("SpaFormer, x, y only", run_spaformer_xy),
 }
+
+#: methods that drop z: run on 3-D datasets only
+XY_METHODS = {"spatial_knn_xy", "tuned_blend_xy", "spaformer_xy"}
 
 #: ablation group -> [(setting label, SpaFormer keyword arguments)]
 ABLATIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
@@ -249,6 +322,8 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
             # SpaFormer runs keyed by their non-default settings, reused by the ablations.
             spaformer_runs: dict[str, tuple[dict[str, float], float]] = {}
             for method in args.methods:
+                if method in XY_METHODS and task.coords.shape[1] != 3:
+                    continue
                 name, fn = METHODS[method]
                 imputed, params, seconds = timed(fn, task)
                 scores = score(task, imputed)
@@ -271,8 +346,11 @@ def run_benchmark(args: argparse.Namespace) -> tuple[list[dict], list[dict]]:
                     flush=True,
                 )
                 write_outputs(args, rows, ablation_rows)
-            if args.ablations and dataset == "osmfish":
+            if args.ablations and dataset in ABLATION_DATASETS:
+                groups = ABLATION_DATASETS[dataset] or list(ABLATIONS)
                 for group, settings in ABLATIONS.items():
+                    if group not in groups:
+                        continue
                     for label, kwargs in settings:
                         key = json.dumps(non_default(kwargs))
                         reused = key in spaformer_runs
@@ -456,7 +534,11 @@ def write_outputs(
         "",
         *[section + "\n" for section in results_tables(results)],
     ]
-    table = ablation_table(ablations)
+    table = (
+        "\n\n".join(ablation_table(df) for _, df in ablations.groupby("dataset", sort=False))
+        if len(ablations)
+        else ""
+    )
     if table:
         parts += [table, ""]
     text = "\n".join(parts)

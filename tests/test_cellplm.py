@@ -309,7 +309,7 @@ def test_single_cell_sample_error():
     adata.obs["sample"] = ["a", "a", "b", "b", "c"]
     with pytest.raises(ValueError, match="single cell"):
         sf.CellPLM.setup_anndata(adata, group_key="sample")
-    with pytest.raises(ValueError, match="one cell"):
+    with pytest.raises(ValueError, match=r"has 1 cells x 3 genes; at least 2 cell"):
         sf.CellPLM.setup_anndata(adata[:1].copy())
 
 

@@ -14,6 +14,7 @@ import pytest
 import scipy.sparse as sp
 
 import scfound as sf
+from conftest import assert_unchanged, fingerprint
 from scfound._utils import check_expression
 
 SPAFORMER = {"n_hidden": 16, "n_heads": 2, "n_latent": 4}
@@ -198,33 +199,7 @@ CASES = (
 
 
 # ----------------------------------------------------------------------------- helpers
-def _dense(X) -> np.ndarray:
-    return X.toarray() if sp.issparse(X) else np.asarray(X)
-
-
-def _fingerprint(adata: ad.AnnData) -> dict:
-    """Everything a refused call must leave as it was."""
-    return {
-        "obs": adata.obs.copy(),
-        "var": adata.var.copy(),
-        "obsm": sorted(adata.obsm.keys()),
-        "layers": {k: _dense(v).copy() for k, v in adata.layers.items()},
-        "X": None if adata.X is None else _dense(adata.X).copy(),
-        "uns": sorted(adata.uns.keys()),
-    }
-
-
-def _assert_unchanged(adata: ad.AnnData, before: dict) -> None:
-    after = _fingerprint(adata)
-    pd.testing.assert_frame_equal(after["obs"], before["obs"])
-    pd.testing.assert_frame_equal(after["var"], before["var"])
-    assert after["obsm"] == before["obsm"]
-    assert after["uns"] == before["uns"]
-    assert after["layers"].keys() == before["layers"].keys()
-    for key, values in before["layers"].items():
-        assert after["layers"][key].dtype == values.dtype
-        np.testing.assert_array_equal(after["layers"][key], values)
-    np.testing.assert_array_equal(after["X"], before["X"])
+_fingerprint, _assert_unchanged = fingerprint, assert_unchanged
 
 
 # -------------------------------------------------------------------------------- tests

@@ -28,6 +28,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
+from mudata import MuData
 from scvi.model.base import BaseModelClass
 
 import scfound as sf
@@ -35,7 +36,7 @@ from scfound.models.base import ModelFileError
 from scfound.models.cellplm import export_authors_checkpoint
 
 SRC = Path(sf.__file__).parent
-MODEL_CLASSES = (sf.SpaFormer, sf.CellPLM, sf.STAI)
+MODEL_CLASSES = (sf.SpaFormer, sf.CellPLM, sf.STAI, sf.ScMoGNN, sf.SAILER)
 
 
 # --------------------------------------------------------------------------- crafted files
@@ -115,11 +116,33 @@ def _stai_data() -> tuple[AnnData, ...]:
     return spatial, reference
 
 
+def _scmognn_data() -> tuple[MuData, ...]:
+    rna = _counts(60, [f"gene_{i}" for i in range(12)], seed=2)
+    adt = _counts(60, [f"prot_{i}" for i in range(4)], seed=3)
+    adt.obs_names = rna.obs_names
+    rna.layers["counts"], adt.layers["counts"] = rna.X.copy(), adt.X.copy()
+    return (MuData({"rna": rna, "adt": adt}),)
+
+
+def _sailer_data() -> tuple[AnnData, ...]:
+    atac = _counts(80, [f"chr1_{i}" for i in range(30)], seed=4)
+    atac.obs["batch"] = np.repeat(["a", "b"], 40)
+    atac.layers["counts"] = atac.X.copy()
+    return (atac,)
+
+
 def _build(cls: type, data: tuple[AnnData, ...], small: bool = True) -> BaseModelClass:
     """An untrained model of ``cls`` on ``data`` (set up here); ``small=False``: other shapes."""
     if cls is sf.SpaFormer:
         cls.setup_anndata(data[0], layer="counts", group_key="fov")
         return cls(data[0], n_hidden=16 if small else 32, n_heads=2, n_latent=4)
+    if cls is sf.ScMoGNN:
+        modalities = {"rna_layer": "rna", "protein_layer": "adt"}
+        cls.setup_mudata(data[0], rna_layer="counts", protein_layer="counts", modalities=modalities)
+        return cls(data[0], n_hidden=16 if small else 32, n_layers=1, n_cell_features=4)
+    if cls is sf.SAILER:
+        cls.setup_anndata(data[0], layer="counts", batch_key="batch")
+        return cls(data[0], n_hidden=(16,) if small else (32,), n_latent=4)
     if cls is sf.CellPLM:
         cls.setup_anndata(data[0], group_key="sample", dataset_key="dataset", spatial_key="spatial")
         hidden = 16 if small else 32
@@ -133,6 +156,8 @@ DATA: dict[type, Callable[[], tuple[AnnData, ...]]] = {
     sf.SpaFormer: _spaformer_data,
     sf.CellPLM: _cellplm_data,
     sf.STAI: _stai_data,
+    sf.ScMoGNN: _scmognn_data,
+    sf.SAILER: _sailer_data,
 }
 
 
@@ -160,8 +185,11 @@ def fresh(pristine, cls) -> tuple[AnnData, ...]:
     return tuple(a.copy() for a in pristine[cls])
 
 
-def fingerprint(adata: AnnData) -> dict:
-    """What a load may write into an AnnData: columns, entries and their values."""
+def fingerprint(adata: AnnData | MuData) -> dict:
+    """What a load may write into an AnnData (each modality of a MuData): columns, entries."""
+    if isinstance(adata, MuData):
+        mods = {name: fingerprint(mod) for name, mod in adata.mod.items()}
+        return {"mod": mods, "obs": list(adata.obs.columns), "uns": sorted(adata.uns.keys())}
 
     def digest(frame: pd.DataFrame) -> list:
         return [
@@ -514,10 +542,17 @@ def test_registry_and_setup_args_are_read_from_json(cls, saved, capsys, no_unsaf
         assert set(registry) == {"spatial", "reference"}
         assert registry["reference"]["setup_args"]["labels_key"] == "cell_type"
         assert "spatial AnnData" in printed and "reference AnnData" in printed
+    elif cls is sf.ScMoGNN:
+        assert registry["model_name"] == cls.__name__
+        assert registry["setup_args"]["modalities"]["protein_layer"] == "adt"
+    elif cls is sf.SAILER:
+        assert registry["model_name"] == cls.__name__
+        assert registry["setup_args"]["batch_key"] == "batch"
     else:
         assert registry["model_name"] == cls.__name__
         assert registry["setup_args"]["group_key"] in ("fov", "sample")
-    assert f"{cls.__name__}.setup_anndata" in printed
+    setup = "setup_mudata" if cls is sf.ScMoGNN else "setup_anndata"
+    assert f"{cls.__name__}.{setup}" in printed
     with pytest.raises(ValueError, match="without a file prefix"):
         cls.load_registry(str(saved[cls]["ok"]), prefix="x_")
 

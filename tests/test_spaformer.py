@@ -118,7 +118,7 @@ def test_setup_errors_name_the_key(synthetic):
     a = synthetic.copy()
     with pytest.raises(KeyError, match="coords"):
         sf.SpaFormer.setup_anndata(a, layer="counts", spatial_key="coords")
-    a.obsm["flat"] = np.zeros((a.n_obs, 3))
+    a.obsm["flat"] = np.zeros((a.n_obs, 4))
     with pytest.raises(ValueError, match="flat"):
         sf.SpaFormer.setup_anndata(a, layer="counts", spatial_key="flat")
     a.obsm["nan"] = np.array(a.obsm["spatial"], dtype=float)

@@ -107,7 +107,8 @@ def test_stai_imputes_unmeasured_genes_and_annotates(pair):
     pccs = [_pcc(imputed.iloc[:, j].to_numpy(), truth[:, j]) for j in range(10)]
     assert np.median(pccs) > 0.3  # knowing the true cell type gives 0.40
     # counts: the neighbours' normalised expression at the cell's depth over the shared genes
-    counts = model.get_imputed_expression()  # the default scale
+    np.testing.assert_array_equal(imputed, model.get_imputed_expression())  # the default scale
+    counts = model.get_imputed_expression(scale="counts")
     np.testing.assert_array_equal(counts, model.get_imputed_expression(spatial, scale="counts"))
     ref_counts = np.asarray(reference.layers["counts"], dtype=np.float64)
     per_10k = ref_counts / ref_counts.sum(1, keepdims=True) * 1e4
@@ -254,7 +255,7 @@ def test_reference_transform_sets_the_reference_z_scores(pair, how):
     sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")
     sf.STAI.setup_anndata(reference, layer="counts")
     if how == "cp10k_log1p":  # 30 reference genes: a panel, normalised
-        with pytest.warns(UserWarning, match="measures only 30 genes"):
+        with pytest.warns(UserWarning, match=r"targeted panel \(30 genes"):
             model = sf.STAI(spatial, reference, reference_transform=how, **FAST)
     else:
         with warnings.catch_warnings():
@@ -298,7 +299,7 @@ def test_clear_errors(pair):
     with pytest.raises(ValueError, match="without coordinates"):
         sf.STAI(no_coords, reference)
     sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial")  # copies share its id
-    with pytest.raises(ValueError, match="reference_transform must be one of"):
+    with pytest.raises(ValueError, match="reference_transform must be 'auto' or one of"):
         sf.STAI(spatial, reference, reference_transform="cp10k")
     model = sf.STAI(spatial, reference, **FAST)
     model.train(max_epochs=1, batch_size=256)
@@ -333,7 +334,14 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
     assert spatial.obs.equals(before_sp.obs) and spatial.var.equals(before_sp.var)
     assert np.array_equal(spatial.layers["counts"], before_sp.layers["counts"])
     assert spatial.uns["scfound"]["impute"]["stai_imputed"]["method"] == "stai"
-    assert spatial.uns["scfound"]["impute"]["stai_imputed"]["scale"] == "counts"
+    run = spatial.uns["scfound"]["impute"]["stai_imputed"]
+    # defaults chosen from the data are recorded: stAI's log1p output, the panel reference read
+    # as the spatial side, and the temperature calibrated on the measured genes
+    assert run["scale"] == "log1p" and run["reference_transform"] == "scale"
+    assert str(run["reference_smoothing"]) == "None" and "targeted panel" in run["reference"]
+    calibration = run["calibration_pcc"]
+    assert set(calibration) == {"0.25", "0.5", "1.0"}
+    assert float(run["temperature"]) == float(max(calibration, key=calibration.get))
     with pytest.raises(ValueError, match="scale must be"):
         sf.tl.impute(spatial, method="stai", reference=reference, layer="counts", scale="raw")
     assert reference.obs.equals(before_ref.obs) and set(reference.uns) == set(before_ref.uns)
@@ -390,7 +398,7 @@ def test_osmfish_half_as_reference_recovers_a_held_out_gene(reference_transform,
         "model_kwargs": {"n_folds": 3, "reference_transform": reference_transform},
     }
     if reference_transform == "cp10k_log1p":
-        with pytest.warns(UserWarning, match="measures only 33 genes"):
+        with pytest.warns(UserWarning, match=r"targeted panel \(33 genes"):
             sf.tl.impute(spatial, **kwargs)
     else:
         sf.tl.impute(spatial, **kwargs)
@@ -438,7 +446,79 @@ def test_training_is_quiet_but_shows_progress(pair, capfd, caplog, monkeypatch):
 
     assert "Epoch 2/2" in _run_quietly(capfd, caplog, run)
     monkeypatch.setattr(sf.settings, "progress_bar", False)
-    with pytest.warns(UserWarning, match="reference measures only"):
-        model = sf.STAI(spatial, reference, **FAST)
+    with pytest.warns(UserWarning, match="reference is a targeted panel"):
+        model = sf.STAI(spatial, reference, reference_transform="cp10k_log1p", **FAST)
     assert "Epoch" not in _run_quietly(capfd, caplog, lambda: model.train(max_epochs=1))
     assert model.trainer.progress_bar_callback is None
+
+
+# ------------------------------------------------------------- defaults from the data
+def test_reference_breadth_tells_panels_from_sparse_transcriptomes():
+    from scfound.models.stai._model import reference_breadth
+
+    dense = np.full(5, 100.0)
+    assert reference_breadth(120, 119, dense) == (True, False)  # a 120-gene panel
+    assert reference_breadth(960, 960, dense) == (True, False)  # the same wide panel
+    assert reference_breadth(2000, 20, dense) == (False, False)  # transcriptome-wide, dense
+    # transcriptome-wide, median cell with 2 counts in the shared genes: sparse
+    assert reference_breadth(2000, 20, np.array([0.0, 1.0, 2.0, 50.0, 50.0])) == (False, True)
+
+
+def _wide_sparse(reference: ad.AnnData, n_extra: int = 600) -> ad.AnnData:
+    """``reference`` thinned to a few counts per cell, plus ``n_extra`` genes it alone measures."""
+    rng = np.random.default_rng(1)
+    counts = np.asarray(reference.layers["counts"], dtype=np.float64)
+    thin = rng.binomial(counts.astype(np.int64), 0.02).astype(np.float32)
+    extra = rng.poisson(1.0, (reference.n_obs, n_extra)).astype(np.float32)
+    X = np.hstack([thin, extra])
+    names = [*reference.var_names, *(f"extra_{i}" for i in range(n_extra))]
+    out = ad.AnnData(X, obs=reference.obs.copy(), var=pd.DataFrame(index=names))
+    out.layers["counts"] = X.copy()
+    return out
+
+
+def test_auto_reference_options_follow_the_reference_breadth(pair, caplog):
+    spatial, reference, _ = pair
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial", group_key="fov")
+    sf.STAI.setup_anndata(reference, layer="counts")
+    logger = "scfound.models.stai._model"
+    with caplog.at_level("INFO", logger=logger), warnings.catch_warnings():
+        warnings.simplefilter("error")  # a chosen option gets no warning
+        panel = sf.STAI(spatial, reference, **FAST)
+    assert panel.module.reference_transform == "scale" and panel.reference_smoothing is None
+    assert panel.chosen_defaults_["reference_transform"] == "scale"
+    assert panel.init_params_["kwargs"]["reference_transform"] == "scale"  # saved resolved
+    assert caplog.text.count("targeted panel") == 1  # logged once
+    wide = _wide_sparse(reference)
+    sf.STAI.setup_anndata(wide, layer="counts")
+    model = sf.STAI(spatial, wide, **FAST)
+    assert model.module.reference_transform == "cp10k_log1p"
+    assert model.reference_smoothing == 15
+    assert "sparse" in model.chosen_defaults_["reference"]
+    # options given by the user are kept and nothing is recorded as chosen
+    given = sf.STAI(spatial, wide, reference_transform="log1p", reference_smoothing=None, **FAST)
+    assert given.module.reference_transform == "log1p" and given.reference_smoothing is None
+    assert given.chosen_defaults_ == {}
+    with pytest.raises(ValueError, match="reference_smoothing must be 'auto', None or a positive"):
+        sf.STAI(spatial, wide, reference_smoothing="on", **FAST)
+
+
+def test_calibration_on_the_log_scale_scores_log_normalised_values(pair):
+    """At ``scale='log1p'`` the calibration genes are scored against log1p of CP10k."""
+    spatial, reference, _ = pair
+    sf.STAI.setup_anndata(spatial, layer="counts", spatial_key="spatial", group_key="fov")
+    sf.STAI.setup_anndata(reference, layer="counts")
+    model = sf.STAI(spatial, reference, **FAST)
+    model.train(max_epochs=2, batch_size=256)
+    table = model.calibrate_imputation((0.5, 1.0), scale="log1p")
+    counts = np.asarray(spatial.layers["counts"], dtype=np.float64)
+    per_10k = np.asarray(reference.layers["counts"], dtype=np.float64)
+    per_10k = np.log1p(per_10k / per_10k.sum(1, keepdims=True) * 1e4)[:, :20]
+    scores = []
+    for m in range(model.n_folds):
+        train, calib = (g.numpy() for g in model.module.genes(m))
+        depth = counts[:, train].sum(1, keepdims=True)
+        target = np.log1p(counts[:, calib] / np.maximum(depth, 1.0) * 1e4)
+        pred = model._neighbour_weights(m, 0.5).toarray() @ per_10k[:, calib]
+        scores += [_pcc(pred[:, j], target[:, j]) for j in range(len(calib))]
+    assert table[0.5] == pytest.approx(np.mean(scores), abs=1e-4)

@@ -14,7 +14,15 @@ from scfound.tl._methods import ADAPTERS, VERBS
 SPAFORMER = {"n_hidden": 16, "n_heads": 2, "n_latent": 4}
 CELLPLM = {"n_hidden": 16, "n_heads": 2, "n_layers": 2, "n_latent": 8, "n_decoder_hidden": 16}
 STAI = {"n_folds": 2, "mmd_cells": 64}
-TINY = {"spaformer": SPAFORMER, "cellplm": CELLPLM, "stai": STAI}
+SCMOGNN = {"n_hidden": 8, "n_layers": 2}
+SAILER = {"n_hidden": (16, 8), "n_latent": 4}
+TINY = {
+    "spaformer": SPAFORMER,
+    "cellplm": CELLPLM,
+    "stai": STAI,
+    "scmognn": SCMOGNN,
+    "sailer": SAILER,
+}
 FAST = {"model_kwargs": SPAFORMER, "max_epochs": 2}
 
 #: what each method supports; a change of the registry must change this table too
@@ -22,6 +30,8 @@ SUPPORT = {
     "spaformer": {"impute", "embed"},
     "cellplm": {"impute", "embed", "denoise", "annotate"},
     "stai": {"impute", "annotate"},
+    "scmognn": {"predict_modality", "embed", "match_modalities"},
+    "sailer": {"embed", "denoise"},
 }
 
 
@@ -34,6 +44,10 @@ def _documented(verb, method):
         return {"obsm": {f"X_{method}"}}
     if verb == "denoise":
         return {"layers": {f"{method}_denoised"}}
+    if verb == "predict_modality":
+        return {"obsm": {f"{method}_adt"}}
+    if verb == "match_modalities":
+        return {"obs": {f"{method}_match"}, "obsm": {f"{method}_matching"}}
     return {
         "obs": {f"{method}_prediction", f"{method}_confidence"},
         "obsm": {f"{method}_probabilities"},
@@ -75,6 +89,16 @@ def _call(verb, method, query, reference):
         kwargs.update(reference=reference, reference_layer="counts")
     if verb == "annotate":
         return sf.tl.annotate(query, "cell_type", method, **kwargs)
+    if verb == "predict_modality":  # the query's 20 genes as RNA, the other 10 as proteins
+        paired = MuData({"rna": reference[:, :20].copy(), "adt": reference[:, 20:].copy()})
+        del kwargs["group_key"]
+        kwargs["reference_layer"] = "counts"
+        return sf.tl.predict_modality(query, paired, method, **kwargs)
+    if verb == "match_modalities":  # the query's RNA against the reference's proteins
+        paired = MuData({"rna": reference[:, :20].copy(), "adt": reference[:, 20:].copy()})
+        del kwargs["group_key"]
+        kwargs.update(reference_layer="counts", other_layer="counts")
+        return sf.tl.match_modalities(query, paired.mod["adt"], paired, method, **kwargs)
     return getattr(sf.tl, verb)(query, method, **kwargs)
 
 
@@ -87,6 +111,18 @@ def test_registry_matches_the_support_table():
 def test_every_verb_and_method_writes_exactly_its_keys(verb, method, halves):
     query, reference = (x.copy() for x in halves)
     before, ref_before = _snapshot(query), _snapshot(reference)
+    if (verb, method) == ("embed", "scmognn"):  # a joint embedding: of a MuData, into its obsm
+        mdata = MuData({"rna": query[:, :10].copy(), "adt": query[:, 10:].copy()})
+        kwargs = {"layer": "counts", "max_epochs": 1, "model_kwargs": SCMOGNN}
+        had = set(mdata.obsm)
+        assert sf.tl.embed(mdata, method, **kwargs) is None
+        assert set(mdata.obsm) - had == {"X_scmognn"}
+        assert mdata.obsm["X_scmognn"].shape == (mdata.n_obs, SCMOGNN["n_hidden"])
+        assert set(mdata.uns["scfound"]["embed"]) == {"X_scmognn"}
+        assert all(
+            set(m.obsm) == {"spatial"} and "scfound" not in m.uns for m in mdata.mod.values()
+        )
+        return
     if verb not in SUPPORT[method]:
         with pytest.raises(ValueError, match=f"method '{method}' does not support tl.{verb}"):
             _call(verb, method, query, reference)
@@ -113,7 +149,7 @@ def test_every_verb_and_method_writes_exactly_its_keys(verb, method, halves):
     # the run is recorded under its key, with the method
     key = (
         method
-        if verb == "annotate"
+        if verb in ("annotate", "match_modalities")
         else next(iter(documented.get("obsm", set()) | documented.get("layers", set())))
     )
     if verb == "annotate":
@@ -125,7 +161,7 @@ def test_every_verb_and_method_writes_exactly_its_keys(verb, method, halves):
 def test_embed_with_stai_is_refused_before_any_training(halves):
     query, _ = halves
     with pytest.raises(
-        ValueError, match=r"does not support tl.embed; methods that do: \['spaformer', 'cellplm'\]"
+        ValueError, match=r"does not support tl.embed; methods that do: \['spaformer', 'cellplm'"
     ):
         sf.tl.embed(query, method="stai")
     with pytest.raises(ValueError, match=r"not a method of tl\.impute"):

@@ -69,8 +69,8 @@ def test_cellplm_coordinates_are_checked(synthetic):
     adata.obsm["spatial"][0] = np.nan
     with pytest.raises(ValueError, match=r"NaN coordinates for some cells of group"):
         sf.CellPLM.setup_anndata(adata, layer="counts", group_key="fov", spatial_key="spatial")
-    adata.obsm["spatial"] = np.ones((adata.n_obs, 3))
-    with pytest.raises(ValueError, match=r"must have shape \(n_obs, 2\) for CellPLM"):
+    adata.obsm["spatial"] = np.ones((adata.n_obs, 4))
+    with pytest.raises(ValueError, match=r"must have shape \(n_obs, 2\) .* for CellPLM"):
         sf.CellPLM.setup_anndata(adata, layer="counts", spatial_key="spatial")
     with pytest.raises(ValueError, match=r"must have shape \(n_obs, 2\)"):
         sf.pp.build_corpus({"a": adata}, layer="counts")

@@ -4,11 +4,23 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, metrics, pl, pp, tl
 from ._settings import settings
-from .models import STAI, CellPLM, SpaFormer
+from .models import SAILER, STAI, CellPLM, ScMoGNN, SpaFormer
 
 try:
     __version__ = version("scfound")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["STAI", "CellPLM", "SpaFormer", "datasets", "metrics", "pl", "pp", "settings", "tl"]
+__all__ = [
+    "SAILER",
+    "STAI",
+    "CellPLM",
+    "ScMoGNN",
+    "SpaFormer",
+    "datasets",
+    "metrics",
+    "pl",
+    "pp",
+    "settings",
+    "tl",
+]

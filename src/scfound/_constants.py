@@ -11,7 +11,7 @@ from __future__ import annotations
 # Fields of an scvi-tools ``AnnDataManager`` registry, hence keys of the tensors of a batch
 # (next to ``scvi.REGISTRY_KEYS``). They never appear in the user's AnnData.
 
-#: registry field of the ``(n_obs, 2)`` coordinates
+#: registry field of the ``(n_obs, 2)`` or ``(n_obs, 3)`` coordinates
 SPATIAL_KEY = "spatial"
 #: registry field of the group codes: the cells processed together (field of view, tile,
 #: tissue sample or slice), set up from the ``obs`` column named by ``group_key``

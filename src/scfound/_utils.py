@@ -107,14 +107,17 @@ def layer_name(layer: str | None) -> str:
 
 
 def get_spatial(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
-    """Return the ``(n_obs, 2)`` float coordinates in ``adata.obsm[spatial_key]``, checked.
+    """Return the ``(n_obs, 2)`` or ``(n_obs, 3)`` float coordinates in ``adata.obsm[spatial_key]``.
+
+    Two columns are ``x, y`` (a section), three are ``x, y, z`` (a volume, or registered serial
+    sections).
 
     Raises
     ------
     KeyError
         If the key is missing.
     ValueError
-        If the coordinates are not two-dimensional with 2 columns, or hold NaN/inf.
+        If the coordinates are not a matrix with 2 or 3 columns, or hold NaN/inf.
     """
     if spatial_key not in adata.obsm:
         raise KeyError(
@@ -126,15 +129,102 @@ def get_spatial(adata: AnnData, spatial_key: str = "spatial") -> np.ndarray:
     except (TypeError, ValueError):
         kind = getattr(adata.obsm[spatial_key], "dtype", type(adata.obsm[spatial_key]).__name__)
         raise ValueError(
-            f"adata.obsm[{spatial_key!r}] must hold numbers (x, y), got values of type {kind}."
+            f"adata.obsm[{spatial_key!r}] must hold numbers (x, y) or (x, y, z), got values of "
+            f"type {kind}."
         ) from None
-    if coords.ndim != 2 or coords.shape[1] != 2:
-        raise ValueError(
-            f"adata.obsm[{spatial_key!r}] must have shape (n_obs, 2), got {coords.shape}."
-        )
+    check_spatial_shape(coords, f"adata.obsm[{spatial_key!r}]")
     if not np.all(np.isfinite(coords)):
         raise ValueError(f"adata.obsm[{spatial_key!r}] contains NaN or infinite coordinates.")
     return coords
+
+
+#: numbers of coordinate columns accepted: ``x, y`` or ``x, y, z``
+SPATIAL_DIMS = (2, 3)
+
+
+def check_spatial_shape(coords: np.ndarray, name: str) -> None:
+    """Raise a ``ValueError`` unless ``coords`` is ``(n, 2)`` (x, y) or ``(n, 3)`` (x, y, z).
+
+    Parameters
+    ----------
+    coords
+        The coordinates.
+    name
+        How they are named in the error, e.g. ``"adata.obsm['spatial']"``.
+    """
+    if coords.ndim != 2 or coords.shape[1] not in SPATIAL_DIMS:
+        raise ValueError(
+            f"{name} must have shape (n_obs, 2) for x, y or (n_obs, 3) for x, y, z, got "
+            f"{coords.shape}."
+        )
+
+
+def check_spatial_scale(
+    spatial_scale: Sequence[float] | None, n_dims: int
+) -> tuple[float, ...] | None:
+    """``spatial_scale`` as a tuple of ``n_dims`` positive finite factors (or ``None``).
+
+    Parameters
+    ----------
+    spatial_scale
+        One factor per coordinate axis, multiplied into the coordinates before distances are
+        taken (e.g. ``(1, 1, 5)`` when z is in units five times smaller than x and y).
+    n_dims
+        Number of coordinate columns (2 or 3).
+    """
+    if spatial_scale is None:
+        return None
+    try:
+        scale = tuple(float(s) for s in spatial_scale)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"`spatial_scale` must be a sequence of {n_dims} positive numbers (one per axis), "
+            f"got {spatial_scale!r}."
+        ) from None
+    if len(scale) != n_dims or not all(np.isfinite(s) and s > 0 for s in scale):
+        raise ValueError(
+            f"`spatial_scale` must hold {n_dims} positive finite numbers (one per coordinate "
+            f"column), got {spatial_scale!r}."
+        )
+    return scale
+
+
+#: z extent relative to the x/y extent outside which a volume's axes look mis-scaled
+Z_EXTENT_RATIO = (1e-2, 1e2)
+
+
+def warn_z_extent(coords: np.ndarray, spatial_scale: Sequence[float] | None, where: str) -> None:
+    """Warn when 3-D coordinates have a z extent tiny or huge next to x/y and no scale is given.
+
+    Serial sections numbered 0, 1, 2 under x/y in µm, or z in µm under x/y in pixels, make
+    neighbours in z far too close or far too distant; ``spatial_scale`` fixes the units.
+
+    Parameters
+    ----------
+    coords
+        ``(n, 2)`` or ``(n, 3)`` coordinates; nothing happens for 2-D ones.
+    spatial_scale
+        The scale the caller passed (no warning when given).
+    where
+        The function or model named in the warning.
+    """
+    if spatial_scale is not None or coords.shape[1] != 3 or len(coords) < 2:
+        return
+    extent = np.ptp(coords, axis=0)
+    xy = float(extent[:2].max())
+    z = float(extent[2])
+    if xy <= 0 or z <= 0:
+        return
+    ratio = z / xy
+    if Z_EXTENT_RATIO[0] <= ratio <= Z_EXTENT_RATIO[1]:
+        return
+    warnings.warn(
+        f"{where}: the z extent of the coordinates ({z:g}) is {ratio:.2g} times their x/y extent "
+        f"({xy:g}); if z is in other units than x and y (e.g. section numbers), pass "
+        "`spatial_scale=(1, 1, s)` with s the length of one z unit in x/y units.",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def get_obs_column(adata: AnnData, key: str) -> np.ndarray:

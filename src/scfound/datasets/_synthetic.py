@@ -30,6 +30,7 @@ def synthetic_spatial(
     n_fovs: int = 1,
     mean_library_size: float | None = None,
     sparse: bool | None = None,
+    n_dims: int = 2,
 ) -> AnnData:
     """Simulate a spatial transcriptomics section with cell types laid out as spatial domains.
 
@@ -60,13 +61,18 @@ def synthetic_spatial(
     sparse
         Return CSR matrices (``True``) or dense arrays (``False``). Default: dense when
         ``n_cells * n_genes <= 10_000_000``, CSR otherwise (e.g. 200,000 cells x 1,000 genes).
+    n_dims
+        ``2``: a square section (x, y). ``3``: a cubic volume (x, y, z), one cell per
+        1,000 µm³ on average, whose domains are 3-D (a Voronoi tessellation in the volume) and
+        whose smooth field varies along z as along x and y, so cells above one another differ
+        as much as cells side by side. FOVs are columns through the volume (an x/y grid).
 
     Returns
     -------
     AnnData with
 
     - ``.X`` and ``.layers['counts']`` (separate copies): integer-valued ``float32`` counts;
-    - ``.obsm['spatial']``: ``(n_cells, 2)`` coordinates in µm;
+    - ``.obsm['spatial']``: ``(n_cells, n_dims)`` coordinates in µm;
     - ``.obs['cell_type']``: categorical, ``'type_0'`` ... ``f'type_{n_groups - 1}'``;
     - ``.obs['fov']``: categorical, ``'0'`` ... ``str(n_fovs - 1)``;
     - ``.uns['dataset']``: name, spatial unit and the generating arguments.
@@ -83,6 +89,8 @@ def synthetic_spatial(
         raise ValueError(f"`n_groups` ({n_groups}) must not exceed `n_cells` ({n_cells}).")
     if n_fovs > n_cells:
         raise ValueError(f"`n_fovs` ({n_fovs}) must not exceed `n_cells` ({n_cells}).")
+    if n_dims not in (2, 3) or isinstance(n_dims, bool):
+        raise ValueError(f"`n_dims` must be 2 (a section) or 3 (a volume), got {n_dims!r}.")
     if mean_library_size is None:
         mean_library_size = float(min(5 * n_genes, 500))
     if not mean_library_size > 0:
@@ -91,13 +99,16 @@ def synthetic_spatial(
         sparse = n_cells * n_genes > _DENSE_MAX_ENTRIES
 
     rng = np.random.default_rng(seed)
-    side = _CELL_SPACING_UM * np.sqrt(n_cells)
-    coords = rng.uniform(0.0, side, size=(n_cells, 2))
+    if n_dims == 2:
+        side = _CELL_SPACING_UM * np.sqrt(n_cells)
+    else:
+        side = _CELL_SPACING_UM * np.cbrt(n_cells)
+    coords = rng.uniform(0.0, side, size=(n_cells, n_dims))
 
     # Spatial domains: nearest random centre of a jittered position (fuzzy borders).
     n_domains = max(n_groups, round(n_cells / _CELLS_PER_DOMAIN))
-    domain_scale = side / np.sqrt(n_domains)
-    centres = rng.uniform(0.0, side, size=(n_domains, 2))
+    domain_scale = side / (np.sqrt(n_domains) if n_dims == 2 else np.cbrt(n_domains))
+    centres = rng.uniform(0.0, side, size=(n_domains, n_dims))
     domain_type = np.concatenate(
         [rng.permutation(n_groups), rng.integers(0, n_groups, n_domains - n_groups)]
     )
@@ -118,7 +129,7 @@ def synthetic_spatial(
 
     # Smooth spatial field modulating expression within types.
     n_features = 6
-    omega = rng.normal(0.0, 1.0 / domain_scale, size=(2, n_features))
+    omega = rng.normal(0.0, 1.0 / domain_scale, size=(n_dims, n_features))
     phase = rng.uniform(0.0, 2 * np.pi, n_features)
     loadings = rng.normal(0.0, 0.4, size=(n_features, n_genes))
 
@@ -164,6 +175,8 @@ def synthetic_spatial(
         "seed": seed,
         "mean_library_size": mean_library_size,
     }
+    if n_dims == 3:
+        adata.uns["dataset"]["n_dims"] = 3
     return adata
 
 

@@ -21,6 +21,7 @@ from ._positional import (
     normalize_coords,
     positional_encoding,
     sinusoid_2d,
+    sinusoid_3d,
 )
 
 __all__ = [
@@ -49,5 +50,6 @@ __all__ = [
     "positional_encoding",
     "random_walk_pe",
     "sinusoid_2d",
+    "sinusoid_3d",
     "zinb_nll",
 ]

@@ -29,7 +29,7 @@ def knn_graph(coords: torch.Tensor, n_neighbors: int, chunk_size: int = 4096) ->
     Parameters
     ----------
     coords
-        ``(n, 2)`` coordinates.
+        ``(n, 2)`` or ``(n, 3)`` coordinates (any number of columns works).
     n_neighbors
         Neighbours per point (capped at ``n - 1``).
     chunk_size
@@ -113,7 +113,7 @@ def knn_adjacency(
     Parameters
     ----------
     coords
-        ``(n, 2)`` coordinates.
+        ``(n, 2)`` or ``(n, 3)`` coordinates.
     n_neighbors
         Neighbours per cell (capped at the group size minus one).
     groups

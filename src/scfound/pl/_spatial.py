@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -44,6 +45,8 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
     point_size: float | None = None,
     cmap: str = "viridis",
     ncols: int | None = None,
+    z_slices: int | Sequence[float] | Literal["projection"] = 3,
+    slice_thickness: float | None = None,
     show: bool | None = None,
     save: str | Path | None = None,
 ) -> Figure:
@@ -64,6 +67,11 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
     scale of the method's output (e.g. the reference's log-normalised expression), so they are
     shown as stored, with a colour scale of their own;
     ``normalize`` applies to the measured values only.
+
+    With 3-D coordinates (x, y, z) each gene gets one row of panels per z-slice: the cells within
+    ``slice_thickness / 2`` of the slice's z, drawn on x and y, measured next to imputed, with one
+    colour scale per gene across its slices; or, with ``z_slices="projection"``, one row with
+    every cell drawn on x and y, the highest values on top.
 
     Parameters
     ----------
@@ -86,7 +94,7 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
         as columns) to read the imputed values from, e.g. ``"stai_imputed"``; overrides
         ``method``.
     spatial_key
-        Key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
+        Key of the ``(n_obs, 2)`` (x, y) or ``(n_obs, 3)`` (x, y, z) coordinates in ``adata.obsm``.
     mask_layer
         Boolean layer marking held-out entries (``True`` = held out), e.g. written by
         :func:`scfound.pp.mask_entries`. Adds the panel "measured (held-out entries)".
@@ -105,7 +113,15 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
     cmap
         Colour map of the expression values.
     ncols
-        Number of genes placed side by side in one row of the figure (default 1).
+        Number of genes (gene slices in 3-D) placed side by side in one row of the figure
+        (default 1).
+    z_slices
+        3-D coordinates only: the number of z-slices evenly spaced through the volume (at the
+        centres of equal slabs), the z positions of the slices, or ``"projection"``. Ignored for
+        2-D coordinates.
+    slice_thickness
+        3-D coordinates only: the thickness of a slice in z units; default the z extent divided
+        by the number of slices (slices at the default positions then cover the volume).
     {show_save}
 
     Returns
@@ -120,8 +136,9 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
     TypeError
         If ``adata.obsm[imputed_key]`` is not a DataFrame.
     ValueError
-        If values are not finite, negative with ``normalize=True``, the mask is not boolean, or
-        both ``imputed_layer`` and ``imputed_key`` are given.
+        If values are not finite, negative with ``normalize=True``, the mask is not boolean,
+        both ``imputed_layer`` and ``imputed_key`` are given, or ``z_slices`` or
+        ``slice_thickness`` are invalid for 3-D coordinates.
 
     Examples
     --------
@@ -155,11 +172,14 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
         if missing:
             raise KeyError(f"genes not found in adata.var_names: {missing}.")
     if adata.n_obs == 0:
-        raise ValueError("adata has no cells to plot.")
+        raise ValueError(f"`adata` has 0 cells x {adata.n_vars} genes; at least 1 cell to plot.")
     if ncols is not None and ncols < 1:
         raise ValueError(f"ncols must be a positive integer, got {ncols!r}.")
 
     coords = get_spatial(adata, spatial_key)
+    # rows of the figure: (gene index, cells shown or None for all, heading suffix)
+    slices = _z_slices(coords, z_slices, slice_thickness)
+    coords = coords[:, :2]
     if imputed_key is None:
         imputed = _expression(adata, imputed_layer, gene_idx, normalize)
     else:
@@ -174,8 +194,9 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
             held_out = _mask(adata, mask_layer, gene_idx[is_measured])
 
     n_panels = 1 if measured is None else (2 if held_out is None else 3)
-    ncols = min(ncols or 1, len(genes))
-    nrows = math.ceil(len(genes) / ncols)
+    entries = [(k, cells, suffix) for k in range(len(genes)) for cells, suffix in slices]
+    ncols = min(ncols or 1, len(entries))
+    nrows = math.ceil(len(entries) / ncols)
     span = np.ptp(coords, axis=0)
     ratio = float(np.clip(span[1] / span[0], 0.3, 2.0)) if span[0] > 0 else 1.0
     fig, axes = plt.subplots(
@@ -193,8 +214,9 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
         "shared": measured_label,
     }
 
-    for k, gene in enumerate(genes):
-        row, col = divmod(k, ncols)
+    for e, (k, cells, suffix) in enumerate(entries):
+        gene = genes[k]
+        row, col = divmod(e, ncols)
         group = list(axes[row, col * n_panels : (col + 1) * n_panels])
         # (slot in the group, values, title, colour scale)
         if is_measured[k]:
@@ -219,8 +241,9 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
         drawn = []
         for slot, values, heading, scale in panels:
             ax = group[slot]
-            mappable = _scatter(ax, coords, values, size, cmap, *limits[scale])
-            ax.set_title(heading, fontsize="medium")
+            xy, shown = (coords, values) if cells is None else (coords[cells], values[cells])
+            mappable = _scatter(ax, xy, shown, size, cmap, *limits[scale])
+            ax.set_title(heading + (suffix if slot == 0 else ""), fontsize="medium")
             drawn.append((ax, mappable, labels[scale]))
         used = {slot for slot, *_ in panels}
         for slot, ax in enumerate(group):
@@ -231,11 +254,61 @@ def imputed_genes(  # noqa: D417 - show and save are filled in by doc_params
         else:
             for ax, mappable, label in drawn:
                 fig.colorbar(mappable, ax=ax, shrink=0.8, label=label)
-    for ax in axes.ravel()[len(genes) * n_panels :]:
+    for ax in axes.ravel()[len(entries) * n_panels :]:
         ax.remove()
     if title is not None:
         fig.suptitle(title)
     return finish_figure(fig, show=show, save=save)
+
+
+def _z_slices(
+    coords: np.ndarray,
+    z_slices: int | Sequence[float] | str,
+    thickness: float | None,
+) -> list[tuple[np.ndarray | None, str]]:
+    """The z-slices of 3-D coordinates: ``(cells shown, heading suffix)`` per slice.
+
+    2-D coordinates give one entry with every cell and no suffix.
+    """
+    if coords.shape[1] == 2:
+        return [(None, "")]
+    z = coords[:, 2]
+    if isinstance(z_slices, str):
+        if z_slices != "projection":
+            raise ValueError(
+                f"z_slices must be a number of slices, z positions or 'projection', got "
+                f"{z_slices!r}."
+            )
+        return [(None, "\n(projection over z)")]
+    low, high = float(z.min()), float(z.max())
+    if isinstance(z_slices, int | np.integer) and not isinstance(z_slices, bool):
+        if z_slices < 1:
+            raise ValueError(f"z_slices must be a positive number of slices, got {z_slices!r}.")
+        edges = np.linspace(low, high, int(z_slices) + 1)
+        positions = (edges[:-1] + edges[1:]) / 2
+    else:
+        try:
+            positions = np.asarray(z_slices, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            positions = np.array([np.nan])
+        if positions.size == 0 or not np.all(np.isfinite(positions)):
+            raise ValueError(
+                f"z_slices must be a number of slices, finite z positions or 'projection', got "
+                f"{z_slices!r}."
+            )
+    if thickness is None:
+        thickness = (high - low) / len(positions) if high > low else 1.0
+    elif not (np.isfinite(thickness) and thickness > 0):
+        raise ValueError(f"slice_thickness must be a positive number, got {thickness!r}.")
+    out = []
+    for position in positions:
+        # a cell on the border of two default slabs belongs to one of them only
+        cells = np.flatnonzero(
+            (z >= position - thickness / 2)
+            & ((z < position + thickness / 2) | (z == high) & (position + thickness / 2 >= high))
+        )
+        out.append((cells, f"\n(z = {position:.4g} ± {thickness / 2:.3g}, {len(cells)} cells)"))
+    return out
 
 
 #: columns of a per-gene score table written into panel titles, with their labels

@@ -17,12 +17,13 @@ from scfound._constants import (
 )
 from scfound._utils import (
     check_expression,
+    check_spatial_shape,
     get_matrix,
     get_obs_column,
     layer_name,
     resolve_group_key,
 )
-from scfound._validate import check_anndata
+from scfound._validate import check_anndata, check_cells_and_genes
 
 
 def build_corpus(
@@ -52,7 +53,8 @@ def build_corpus(
         cells a model processes together), for all datasets or per dataset; ``None`` makes each
         dataset one group.
     spatial_key
-        Key of coordinates in ``obsm``; datasets without it get NaN (non-spatial cells).
+        Key of coordinates in ``obsm`` (x, y or x, y, z; the same axes in every dataset that
+        has them); datasets without it get NaN (non-spatial cells).
     gene_key
         Column of ``var`` with gene identifiers to join on (default ``var_names``).
     keep_obs
@@ -76,6 +78,7 @@ def build_corpus(
         )
     for name, adata in adatas.items():
         check_anndata(adata, f"adatas[{name!r}]")
+        check_cells_and_genes(adata, f"adatas[{name!r}]")
     genes_per: dict[str, list[str]] = {}
     for name, adata in adatas.items():
         genes = adata.var_names if gene_key is None else adata.var[gene_key]
@@ -122,14 +125,22 @@ def build_corpus(
         obs.append(frame)
         if spatial_key in adata.obsm:
             xy = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
-            if xy.ndim != 2 or xy.shape[1] != 2:
-                raise ValueError(
-                    f"dataset {name!r}: obsm[{spatial_key!r}] must have shape (n_obs, 2), got "
-                    f"{xy.shape}."
-                )
+            check_spatial_shape(xy, f"dataset {name!r}: obsm[{spatial_key!r}]")
             coords.append(xy)
         else:
-            coords.append(np.full((adata.n_obs, 2), np.nan))
+            coords.append(None)
+    # sections (x, y) and volumes (x, y, z) do not mix; non-spatial datasets get NaN rows
+    widths = {name: c.shape[1] for name, c in zip(adatas, coords, strict=True) if c is not None}
+    if len(set(widths.values())) > 1:
+        raise ValueError(
+            f"obsm[{spatial_key!r}] has 2 columns (x, y) in some datasets and 3 (x, y, z) in "
+            f"others: {widths}; give every spatial dataset of a corpus the same axes."
+        )
+    width = next(iter(widths.values()), 2)
+    coords = [
+        np.full((adata.n_obs, width), np.nan) if c is None else c
+        for adata, c in zip(adatas.values(), coords, strict=True)
+    ]
     corpus = AnnData(
         sp.vstack(blocks, format="csr"),
         obs=pd.concat(obs),

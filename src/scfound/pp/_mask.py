@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 from anndata import AnnData
 
-from scfound._validate import check_anndata
+from scfound._validate import check_anndata, check_cells_and_genes, check_key_added
 
 from .._utils import check_expression, get_matrix, layer_name, record
 
@@ -141,14 +141,12 @@ def mask_entries(
     check_anndata(adata)
     if not isinstance(fraction, float | int | np.floating) or not 0 < fraction < 1:
         raise ValueError(f"`fraction` must be in (0, 1), got {fraction!r}.")
+    check_cells_and_genes(adata)
     X = get_matrix(adata, layer)
     check_expression(X, layer_name(layer))
     masked_key = f"{key_added}_counts"
-    if layer is not None and layer in (key_added, masked_key):
-        raise ValueError(
-            f"`key_added={key_added!r}` would overwrite the input layer {layer!r}; choose "
-            "another `key_added`."
-        )
+    places = [("layers", key_added), ("layers", masked_key)]
+    check_key_added(adata, "pp.mask_entries", key_added, places, [("layers", layer)])
 
     mask = draw_holdout_mask(X, fraction, np.random.default_rng(seed))
     if sp.issparse(X):

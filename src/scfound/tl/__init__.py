@@ -10,5 +10,15 @@ from ._denoise import denoise
 from ._embed import embed
 from ._impute import impute
 from ._imputed_anndata import imputed_anndata
+from ._match_modalities import match_modalities
+from ._predict_modality import predict_modality
 
-__all__ = ["annotate", "denoise", "embed", "impute", "imputed_anndata"]
+__all__ = [
+    "annotate",
+    "denoise",
+    "embed",
+    "impute",
+    "imputed_anndata",
+    "match_modalities",
+    "predict_modality",
+]

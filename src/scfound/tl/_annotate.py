@@ -11,6 +11,7 @@ from mudata import MuData
 
 from scfound._docs import doc_adata, doc_params, doc_reference, doc_returns, doc_shared
 from scfound._keys import confidence_key, prediction_key, probabilities_key
+from scfound._validate import check_cells_and_genes
 
 from ._methods import Result, get_adapter
 from ._run import modality, run
@@ -66,6 +67,8 @@ def annotate(  # noqa: D417 - shared parameters are filled in by doc_params
     """
     get_adapter(method, "annotate")  # an unsupported method is refused before anything else
     source, where = (reference, "reference") if reference is not None else (adata, "adata")
+    # the data checks of every verb come before the labels are looked at
+    check_cells_and_genes(modality(adata, mod), min_obs=2)
     obs = modality(source, mod, where).obs
     if labels_key not in obs:
         raise KeyError(

@@ -43,8 +43,12 @@ def embed(  # noqa: D417 - shared parameters are filled in by doc_params
     ----------
     {adata}
     method
-        ``"spaformer"`` or ``"cellplm"``; ``None`` picks SpaFormer when ``obsm[spatial_key]``
-        exists, CellPLM otherwise.
+        ``"spaformer"``, ``"cellplm"``, ``"sailer"`` or ``"scmognn"``; ``None`` picks SpaFormer
+        when ``obsm[spatial_key]`` exists, CellPLM otherwise. ``"scmognn"`` embeds the paired
+        modalities of a MuData jointly (without ``mod=``) and writes to the MuData's own
+        ``obsm``; its options ``source``, ``target`` (modality names, default RNA and the other
+        one), ``labels_key`` (cell types in ``mdata.obs``, used when given) and
+        ``source_kind``/``target_kind``.
     key_added
         Key in ``adata.obsm``; default ``"X_<method>"``.
     {shared}

@@ -12,7 +12,7 @@ from scfound._docs import doc_adata, doc_params, doc_reference, doc_returns, doc
 from scfound._keys import imputed_key
 from scfound._utils import check_scale
 
-from ._methods import Result
+from ._methods import ADAPTERS, Result
 from ._run import modality, run
 
 
@@ -23,7 +23,7 @@ def impute(  # noqa: D417 - shared parameters are filled in by doc_params
     *,
     reference: AnnData | MuData | None = None,
     genes: list[str] | None = None,
-    scale: Literal["counts", "log1p"] = "counts",
+    scale: Literal["counts", "log1p"] | None = None,
     key_added: str | None = None,
     layer: str | None = None,
     reference_layer: str | None = None,
@@ -58,7 +58,8 @@ def impute(  # noqa: D417 - shared parameters are filled in by doc_params
         gene ``adata`` lacks.
     scale
         ``"counts"``: expected counts at each cell's own depth, so the result can stand in for
-        counts in scanpy; ``"log1p"``: log-normalised (library 1e4).
+        counts in scanpy; ``"log1p"``: log-normalised (library 1e4). Default: the method's own,
+        ``"log1p"`` for stAI (its paper's output), ``"counts"`` for the others.
     key_added
         Where to write; default ``"<method>_imputed"``.
     {shared}
@@ -78,7 +79,6 @@ def impute(  # noqa: D417 - shared parameters are filled in by doc_params
     >>> model = sf.tl.impute(adata, layer="counts", return_model=True)
     >>> sf.tl.embed(adata, model=model)  # reuses the fit
     """
-    check_scale(scale)
     if method is None:
         if reference is not None:
             method = "cellplm"
@@ -90,6 +90,10 @@ def impute(  # noqa: D417 - shared parameters are filled in by doc_params
                 "SpaFormer needs spatial coordinates; pass `spatial_key=`, `reference=` or "
                 "`method=`."
             )
+    if scale is None:
+        adapter = ADAPTERS.get(method) if isinstance(method, str) else None
+        scale = adapter.default_scale if adapter is not None else "counts"
+    check_scale(scale)
     key_added = key_added or imputed_key(method)
     genes = None if genes is None else [str(g) for g in genes]
     return run(

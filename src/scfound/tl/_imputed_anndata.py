@@ -7,6 +7,7 @@ import pandas as pd
 from anndata import AnnData
 
 from scfound._keys import imputed_key
+from scfound._validate import check_anndata
 
 
 def imputed_anndata(adata: AnnData, key: str | None = None, method: str = "stai") -> AnnData:
@@ -33,6 +34,7 @@ def imputed_anndata(adata: AnnData, key: str | None = None, method: str = "stai"
     >>> sq.pl.spatial_scatter(imputed, color="Mbp", shape=None)
 
     """
+    check_anndata(adata)
     key = key or imputed_key(method)
     if key not in adata.obsm:
         raise KeyError(f"adata.obsm[{key!r}] not found (obsm has {list(adata.obsm.keys())}).")

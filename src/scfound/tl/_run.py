@@ -7,7 +7,7 @@ verb, record the run.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -15,8 +15,8 @@ import scipy.sparse as sp
 from anndata import AnnData
 from mudata import MuData
 
-from scfound._utils import UNS_KEY, get_matrix, layer_name, record, resolve_group_key
-from scfound._validate import check_anndata, check_cells_and_genes
+from scfound._utils import get_matrix, layer_name, record, resolve_group_key
+from scfound._validate import check_anndata, check_cells_and_genes, check_key_added
 
 from ._methods import ADAPTERS, Inputs, Result, get_adapter
 
@@ -81,28 +81,13 @@ def check_writable(
 
     A key may replace the result of an earlier run of the same verb under the same
     ``key_added`` (a rerun); any other existing key (raw counts, coordinates, labels, another
-    tool's result) and the keys this call reads are refused. A ``uns["scfound"]`` that is not a
-    mapping is refused too, as the run could not be recorded after its result was written.
+    tool's result) and the keys this call reads are refused (see
+    :func:`scfound._validate.check_key_added`, the guard every writer shares).
     """
-    store = adata.uns.get(UNS_KEY, {})
-    if not isinstance(store, Mapping) or not isinstance(store.get(verb, {}), Mapping):
-        raise TypeError(
-            f"adata.uns[{UNS_KEY!r}] must be a dict of run records (with a dict under "
-            f"{verb!r}); got {type(store).__name__}. Rename or delete it first."
-        )
-    rerun = key_added in store.get(verb, {})
     read = {args.get(k) for k in ("layer", "spatial_key", "labels_key", "group_key")} - {None}
-    for attr, key in places:
-        if key in read:
-            raise ValueError(
-                f"key_added={key_added!r} would write adata.{attr}[{key!r}], which tl.{verb} "
-                "reads in this call; pass another key_added."
-            )
-        if key in getattr(adata, attr) and not rerun:
-            raise ValueError(
-                f"adata.{attr}[{key!r}] already exists and is not the result of an earlier "
-                f"tl.{verb} run; pass another key_added so that it is not replaced."
-            )
+    check_key_added(
+        adata, f"tl.{verb}", key_added, places, [(a, k) for a, k in places if k in read]
+    )
 
 
 def check_options(method: str, verb: str, options: dict[str, Any], common: tuple[str, ...]) -> None:
@@ -164,14 +149,20 @@ def run(
         inputs[name] = dict(inputs.get(name) or {})
     own = {k: args[k] for k in common}
     data = data.copy() if args["copy"] else data
-    adata = modality(data, args["mod"])
+    joint = verb == "embed" and adapter.embeds_mudata and isinstance(data, MuData)
+    joint = joint and args["mod"] is None  # the whole MuData: its modalities are checked by mod
+    adata = data if joint else modality(data, args["mod"])
     check_writable(adata, verb, args["key_added"], places(args["key_added"]), args)
     ref = None if reference is None else modality(reference, args["mod"], "reference")
-    check_cells_and_genes(adata, min_obs=2)  # a cell is processed in the context of others
+    for name, part in data.mod.items() if joint else [(None, adata)]:
+        where = "adata" if name is None else f"adata.mod[{name!r}]"
+        check_cells_and_genes(part, where, min_obs=2)  # a cell is seen among others
     if ref is not None:
-        check_cells_and_genes(ref, "reference")
+        check_cells_and_genes(ref, "reference", min_obs=2)
     if inputs.get("model") is None:
-        check_counts(adata, inputs.get("layer"), adapter.model_class.__name__)
+        for name, part in data.mod.items() if joint else [(None, adata)]:
+            where = "adata" if name is None else f"adata.mod[{name!r}]"
+            check_counts(part, inputs.get("layer"), adapter.model_class.__name__, where)
     if ref is not None:
         check_counts(ref, inputs.get("reference_layer"), adapter.model_class.__name__, "reference")
     result = getattr(adapter, verb)(

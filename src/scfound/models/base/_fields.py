@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from anndata import AnnData
-from scvi.data.fields import ObsmField
+from scvi.data.fields import CategoricalObsField, ObsmField
 
 
 class QuietObsmField(ObsmField):
@@ -24,3 +24,25 @@ class QuietObsmField(ObsmField):
         if isinstance(data, pd.DataFrame):
             return list(data.columns)
         return np.arange(data.shape[1])
+
+
+class GroupObsField(CategoricalObsField):
+    """:class:`~scvi.data.fields.CategoricalObsField` of the groups of cells processed together.
+
+    Group names (fields of view, tiles) only say which cells attend to each other; no parameter
+    of the model depends on them. New data given to a trained model may therefore hold groups
+    the model never saw: they are added to the categories when the setup is transferred,
+    instead of scvi-tools' error for an unknown category.
+    """
+
+    def transfer_field(
+        self,
+        state_registry: dict,
+        adata_target: AnnData,
+        extend_categories: bool = False,
+        **kwargs,
+    ) -> dict:
+        """Register the groups of ``adata_target``, new ones included."""
+        return super().transfer_field(
+            state_registry, adata_target, extend_categories=True, **kwargs
+        )

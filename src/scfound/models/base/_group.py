@@ -21,10 +21,14 @@ from scvi.data import AnnDataManager
 from scvi.train import TrainingPlan, TrainRunner
 
 from scfound._utils import check_expression, get_matrix, layer_name
+from scfound._validate import check_obs_keys
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
-from ._save import check_genes
+from ._save import check_genes, check_model_data, restore_on_error
 from ._training import run_training
+
+#: ``setup_anndata`` arguments naming ``obs`` columns that inference on new data reads
+OBS_SETUP_KEYS = ("group_key", "batch_key", "dataset_key")
 
 
 class GroupModelMixin:
@@ -90,11 +94,14 @@ class GroupModelMixin:
     def _check_inference_values(self, adata: AnnData) -> None:
         """Raise if the registered layer of ``adata`` holds values that setup would refuse.
 
-        Models extend it with their other registered inputs (e.g. coordinates).
+        The ``obs`` columns named by the setup (:data:`OBS_SETUP_KEYS`) must be present and
+        complete. Models extend it with their other registered inputs (e.g. coordinates).
         """
         registry = self.adata_manager.data_registry[REGISTRY_KEYS.X_KEY]
         layer = registry.attr_key if registry.attr_name == "layers" else None
         check_expression(get_matrix(adata, layer), layer_name(layer))
+        setup_args = self.adata_manager.registry["setup_args"]
+        check_obs_keys(adata, **{k: setup_args.get(k) for k in OBS_SETUP_KEYS})
 
     def _group_forward(self, tensors: dict[str, torch.Tensor], decode: bool) -> tuple[dict, ...]:
         """Run the module on one batch without masking; the outputs are the arguments of ``fn``.
@@ -242,10 +249,13 @@ class GroupModelMixin:
         ------
         RuntimeError
             If the model has no learned weights (see :meth:`_has_weights`).
+        TypeError
+            If ``adata`` is not an AnnData.
         ValueError
-            If a new ``adata`` does not have the model's genes in the model's order (the
-            error lists the missing and the unknown genes), or its registered layer holds NaN,
-            infinite, negative or float32-overflowing values.
+            If a new ``adata`` has fewer than two cells or duplicated names, or does not have
+            the model's genes in the model's order (the error lists the missing and the unknown
+            genes), or its registered layer holds NaN, infinite, negative or float32-overflowing
+            values.
         KeyError
             If a new ``adata`` lacks the registered layer.
 
@@ -254,6 +264,7 @@ class GroupModelMixin:
             raise RuntimeError(self._untrained_message())
         if adata is None or adata is self.adata:
             return self.adata
+        check_model_data(adata)
         check_genes(adata.var_names, self._model_genes())
         self._check_inference_values(adata)
         return adata
@@ -300,7 +311,8 @@ class GroupModelMixin:
         """
         if not checked:
             adata = self._inference_adata(adata)
-        adata = self._validate_anndata(adata)
+        with restore_on_error(type(self), adata):  # a failing transfer writes nothing
+            adata = self._validate_anndata(adata)
         manager = self.get_anndata_manager(adata, required=True)
         if max_cells == "auto":
             max_cells = self._inference_max_cells()

@@ -29,6 +29,8 @@ import pandas as pd
 import torch
 from anndata import AnnData, read_h5ad
 
+from scfound._validate import check_anndata, check_cells_and_genes
+
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
 ADATA_FILE = "adata.h5ad"
@@ -315,7 +317,8 @@ def print_setup_args(class_name: str, registry: dict[str, Any]) -> None:
     import rich
     import rich.pretty
 
-    rich.print(f"Setup via `{class_name}.setup_anndata` with arguments:")
+    method = registry.get("setup_method_name", "setup_anndata")
+    rich.print(f"Setup via `{class_name}.{method}` with arguments:")
     rich.pretty.pprint(registry.get("setup_args"))
     rich.print()
 
@@ -393,8 +396,60 @@ def restore_on_error(model_cls: type, *adatas: AnnData | None) -> Iterator[None]
         raise
 
 
+def register_fields(model_cls: type, manager: Any, adata: AnnData, **kwargs: Any) -> None:
+    """Register ``adata`` with ``manager`` for ``model_cls``, all or nothing.
+
+    scvi-tools writes each field into the AnnData as it registers it (``obs["_scvi_*"]``,
+    ``uns`` ids); a field that fails (an unknown category, a malformed column) would leave the
+    earlier ones written. Here a failure puts ``adata`` back as it was (:func:`restore_on_error`).
+
+    Parameters
+    ----------
+    model_cls
+        The model class whose ``setup_anndata`` is running.
+    manager
+        Its :class:`~scvi.data.AnnDataManager`.
+    adata
+        The data to register.
+    **kwargs
+        Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (``source_registry``).
+    """
+    with restore_on_error(model_cls, adata):
+        manager.register_fields(adata, **kwargs)
+        model_cls.register_manager(manager)
+
+
+def check_model_data(adata: Any, name: str = "adata", *, mudata: bool = False) -> None:
+    """The checks of an AnnData handed to a model: type, at least two cells, unique names.
+
+    Parameters
+    ----------
+    adata
+        What the caller passed.
+    name
+        The argument's name, for the messages.
+    mudata
+        Accept a MuData too (models set up with ``setup_mudata``).
+    """
+    check_anndata(adata, name, mudata=mudata)
+    check_cells_and_genes(adata, name, min_obs=2)  # a cell is modelled in the context of others
+
+
 class SafeSaveMixin:
-    """``save``/``load`` for scfound models without pickle (see module docstring)."""
+    """``save``/``load`` for scfound models without pickle (see module docstring).
+
+    Attributes named in :attr:`_saved_attrs` (JSON-encodable) are saved with the model and set
+    again by :meth:`load`. The constructor refuses, with a clear ``TypeError``, an ``adata``
+    that is not an AnnData (or a MuData, for a model with ``setup_mudata``).
+    """
+
+    #: further attributes saved in ``model.json`` and restored by :meth:`load` when present
+    _saved_attrs: tuple[str, ...] = ()
+
+    def __init__(self, adata: AnnData | None = None, registry: dict | None = None, *args, **kwargs):
+        if adata is not None or registry is None:
+            check_anndata(adata, mudata=hasattr(type(self), "setup_mudata"))
+        super().__init__(adata, registry, *args, **kwargs)
 
     def save(self, dir_path: str, overwrite: bool = False, save_anndata: bool = False) -> None:
         """Save the model to ``dir_path``.
@@ -415,6 +470,7 @@ class SafeSaveMixin:
             "init_params": self.init_params_,
             "is_trained": self.is_trained_,
             "history": self.history_,
+            "attrs": {k: getattr(self, k) for k in self._saved_attrs if hasattr(self, k)},
         }
         write_model(dir_path, self, meta, overwrite)
         if save_anndata:
@@ -480,6 +536,7 @@ class SafeSaveMixin:
                 raise ModelFileError(
                     f"{path} is not a readable AnnData file ({type(err).__name__}: {err})."
                 ) from None
+        check_model_data(adata, mudata=hasattr(cls, "setup_mudata"))
         check_genes(adata.var_names, meta["var_names"])
         attrs = {"init_params_": meta["init_params"], "is_trained_": meta["is_trained"]}
         if meta["history"] is not None:
@@ -495,6 +552,11 @@ class SafeSaveMixin:
                 state, model.module, os.path.join(dir_path, WEIGHTS_FILE), cls.__name__
             )
             model.module.load_state_dict(state)
+        saved = meta.get("attrs")
+        if isinstance(saved, dict):
+            for name in cls._saved_attrs:
+                if name in saved:
+                    setattr(model, name, saved[name])
         _, _, device = parse_device_args(accelerator, device, return_device="torch")
         model.to_device(device)
         model.module.eval()

@@ -78,6 +78,42 @@ def progress_bar_default(enable_progress_bar: bool | None) -> bool:
     return settings.progress_bar if enable_progress_bar is None else bool(enable_progress_bar)
 
 
+#: trainer arguments that save Lightning checkpoints: scvi-tools reads them back (the best model
+#: at the end, or on resume) with pickle, which runs any code a tampered file holds
+CHECKPOINT_OPTIONS = ("enable_checkpointing", "checkpointing_monitor", "load_best_on_end")
+
+
+def check_no_checkpointing(trainer_kwargs: dict[str, Any]) -> None:
+    """Refuse the trainer arguments that write and unpickle Lightning checkpoints.
+
+    Parameters
+    ----------
+    trainer_kwargs
+        The trainer arguments of a ``train`` call.
+
+    Raises
+    ------
+    ValueError
+        For ``enable_checkpointing=True``, ``load_best_on_end=True``, ``checkpointing_monitor``,
+        or a checkpoint callback in ``callbacks``; the message names the argument and what to
+        do instead.
+    """
+    from lightning.pytorch.callbacks import Checkpoint
+
+    used = [k for k in CHECKPOINT_OPTIONS if trainer_kwargs.get(k) not in (None, False)]
+    callbacks = trainer_kwargs.get("callbacks") or []
+    if not isinstance(callbacks, list | tuple):
+        callbacks = [callbacks]
+    used += [f"callbacks=[{type(c).__name__}(...)]" for c in callbacks if isinstance(c, Checkpoint)]
+    if used:
+        raise ValueError(
+            f"{', '.join(used)}: Lightning checkpoints are not supported by scfound models, as "
+            "they are read back with pickle, which can run code from a tampered file. Train "
+            "with early_stopping=True to stop at the best epoch, and save the model with "
+            "model.save(dir) (weights and JSON, no pickle)."
+        )
+
+
 def run_training(
     model: Any,
     plan: Any,
@@ -110,8 +146,11 @@ def run_training(
         Warnings (regular expressions) to drop during the run.
     **trainer_kwargs
         Passed to the runner and to :class:`~scvi.train.Trainer` (``accelerator``, ``devices``,
-        ``strategy``, early stopping, ...).
+        ``strategy``, early stopping, ...); the checkpoint options
+        (:data:`CHECKPOINT_OPTIONS`, checkpoint callbacks) are refused, see
+        :func:`check_no_checkpointing`.
     """
+    check_no_checkpointing(trainer_kwargs)
     trainer_kwargs.setdefault("log_every_n_steps", 1)
     model.module.train()  # inference leaves the module in eval mode; Lightning keeps it
     with quiet_lightning(*ignore_warnings):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from scfound.nn import CondPE, knn_graph, sinusoid_2d
+from scfound.nn import CondPE, knn_graph, sinusoid_2d, sinusoid_3d
 
 #: side of the integer grid that spatial coordinates are mapped to (the paper's [0, 100))
 PE_GRID = 100
@@ -25,17 +25,25 @@ def make_norm(norm: str, dim: int) -> nn.Module:
     raise ValueError(f"norm must be 'groupnorm', 'layernorm' or 'none', got {norm!r}.")
 
 
-def grid_positions(coords: torch.Tensor) -> torch.Tensor:
-    """Map one sample's ``(n, 2)`` coordinates to the cells of a ``PE_GRID x PE_GRID`` table.
+def grid_cells(coords: torch.Tensor) -> torch.Tensor:
+    """Grid cells ``[0, PE_GRID)`` per axis of one sample's ``(n, 2)`` or ``(n, 3)`` coordinates.
 
     Coordinates are min-max normalised per axis within the sample, then mapped with the released
-    code's ``floor((c * 1.02 - 0.01) * 100)`` clipped to ``[0, 99]``; the table index is
-    ``x * 100 + y``.
+    code's ``floor((c * 1.02 - 0.01) * 100)`` clipped to ``[0, 99]``. Each axis is normalised on
+    its own, so the units of z relative to x and y do not matter here.
     """
     low = coords.amin(0)
     span = (coords.amax(0) - low).clamp_min(1e-12)
     unit = (coords - low) / span
-    cells = torch.floor((unit * 1.02 - 0.01) * PE_GRID).long().clamp(0, PE_GRID - 1)
+    return torch.floor((unit * 1.02 - 0.01) * PE_GRID).long().clamp(0, PE_GRID - 1)
+
+
+def grid_positions(coords: torch.Tensor) -> torch.Tensor:
+    """Map one sample's ``(n, 2)`` coordinates to the cells of a ``PE_GRID x PE_GRID`` table.
+
+    The grid cells are :func:`grid_cells`; the table index is ``x * 100 + y``.
+    """
+    cells = grid_cells(coords)
     return cells[:, 0] * PE_GRID + cells[:, 1]
 
 
@@ -53,7 +61,8 @@ class GeneExpressionEmbedder(nn.Module):
     norm
         Normalisation at the end of the projection (see :func:`make_norm`).
     spatial_pe
-        Add the 2-D sinusoid encoding for spatial cells and a learned shared token for the others.
+        Add the 2-D sinusoid encoding for spatial cells and a learned shared token for the others
+        (for 3-D coordinates, the 3-D sinusoid of the cells of a ``100 x 100 x 100`` grid).
         The authors' released code has this line commented out, so their checkpoint was trained
         without it; it is on by default for models trained with scfound.
     n_pe_neighbors
@@ -96,7 +105,8 @@ class GeneExpressionEmbedder(nn.Module):
     ) -> torch.Tensor:
         """Embed ``(n, g)`` transformed expression of the vocabulary genes ``gene_ids``.
 
-        ``coords`` holds the ``(n, 2)`` coordinates of a spatial sample (``None`` otherwise).
+        ``coords`` holds the ``(n, 2)`` or ``(n, 3)`` coordinates of a spatial sample (``None``
+        otherwise).
         """
         emb = self.gene_embedding.index_select(0, gene_ids)
         h = torch.sparse.mm(x, emb) if x.is_sparse or x.layout == torch.sparse_csr else x @ emb
@@ -105,6 +115,9 @@ class GeneExpressionEmbedder(nn.Module):
         if self.spatial_pe:
             if coords is None:
                 h = h + self.missing_pe
+            elif coords.shape[-1] == 3:
+                cells = grid_cells(coords)
+                h = h + sinusoid_3d(cells[:, 0], cells[:, 1], cells[:, 2], h.shape[-1]).to(h)
             else:
                 h = h + self.position_table[grid_positions(coords)]
         return self.projection(h)

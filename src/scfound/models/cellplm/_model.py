@@ -30,9 +30,15 @@ from scfound._utils import (
     record_group_key,
     resolve_group_key,
 )
-from scfound._validate import check_anndata, check_cells_and_genes
+from scfound._validate import check_obs_keys
 
-from ..base import GroupModelMixin, QuietObsmField, SafeSaveMixin
+from ..base import (
+    GroupModelMixin,
+    QuietObsmField,
+    SafeSaveMixin,
+    check_model_data,
+    register_fields,
+)
 from ._module import PERTURBED_KEY, CellPLMModule
 
 logger = logging.getLogger(__name__)
@@ -165,6 +171,8 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
     """
 
     _module_cls = CellPLMModule
+    #: pre-trained weights (and their report) stay known through save and load
+    _saved_attrs = ("pretrained_", "pretrained_report_")
 
     def __init__(
         self,
@@ -296,7 +304,8 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             Column of ``adata.obs`` with the dataset of each cell (for corpora of datasets with
             different gene panels, see :func:`scfound.pp.build_corpus`).
         spatial_key
-            Key of ``(n_obs, 2)`` coordinates in ``adata.obsm``; rows with NaN are non-spatial.
+            Key of ``(n_obs, 2)`` (x, y) or ``(n_obs, 3)`` (x, y, z) coordinates in
+            ``adata.obsm``; rows with NaN are non-spatial.
         labels_key, unlabeled_category
             Cell-type labels for annotation; cells with ``unlabeled_category`` are not used by the
             classification loss.
@@ -313,25 +322,18 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             Internal: ``source_registry`` when a saved model is loaded.
 
         """
-        check_anndata(adata)
-        check_cells_and_genes(adata)
+        check_model_data(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         if kwargs.get("source_registry") is not None and group_key is None:
             group_key, sample_key = sample_key, None  # saved before `sample_key` was renamed
         group_key = resolve_group_key(group_key, sample_key, "CellPLM.setup_anndata")
         record_group_key(setup_method_args, group_key)
         check_expression(get_matrix(adata, layer), layer_name(layer))
+        check_obs_keys(adata, group_key=group_key, dataset_key=dataset_key, labels_key=labels_key)
         if group_key is not None:
             check_groups(adata, group_key)
-        elif adata.n_obs < 2:
-            raise ValueError("a group of one cell has no context; CellPLM needs at least 2 cells.")
         if spatial_key is not None:
             _check_partly_spatial(adata, spatial_key, group_key)
-        if labels_key is not None and labels_key not in adata.obs:
-            raise KeyError(
-                f"labels column {labels_key!r} not found in adata.obs "
-                f"(columns: {list(adata.obs.columns)})."
-            )
         if perturbation_key is not None:
             perturbed_genes(adata, perturbation_key)
         anndata_fields = [
@@ -348,8 +350,7 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
                 )
             )
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
+        register_fields(cls, adata_manager, adata, **kwargs)
 
     # ----------------------------------------------------------------- transfer
     @classmethod
@@ -893,7 +894,7 @@ def perturbed_genes(adata: AnnData, key: str) -> list[list[str]]:
 
 
 def _check_partly_spatial(adata: AnnData, spatial_key: str, group_key: str | None) -> None:
-    """Coordinates of shape ``(n_obs, 2)``, each group either wholly located or wholly NaN.
+    """Coordinates of shape ``(n_obs, 2)`` or ``(n_obs, 3)``, each group wholly located or NaN.
 
     A group (one sentence) is encoded with positions only when every cell has them, so a group
     with some NaN rows would silently lose the positions of all its cells.
@@ -907,10 +908,10 @@ def _check_partly_spatial(adata: AnnData, spatial_key: str, group_key: str | Non
         coords = np.asarray(adata.obsm[spatial_key], dtype=np.float64)
     except (TypeError, ValueError) as err:
         raise ValueError(f"adata.obsm[{spatial_key!r}] must hold numbers: {err}") from None
-    if coords.ndim != 2 or coords.shape[1] != 2:
+    if coords.ndim != 2 or coords.shape[1] not in (2, 3):
         raise ValueError(
-            f"adata.obsm[{spatial_key!r}] must have shape (n_obs, 2) for CellPLM, got "
-            f"{coords.shape}."
+            f"adata.obsm[{spatial_key!r}] must have shape (n_obs, 2) or (n_obs, 3) for CellPLM, "
+            f"got {coords.shape}."
         )
     located = np.isfinite(coords).all(1)
     if located.all() or not located.any():

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from scfound._validate import check_anndata
+
 from ..base._save import ModelFileError, ModelFileNotFoundError, load_tensors, read_json_file
 
 if TYPE_CHECKING:
@@ -137,6 +139,7 @@ def config_to_params(config: dict[str, Any]) -> dict[str, Any]:
 
 def checkpoint_paths(path: str) -> tuple[str, str]:
     """``(config, weights)`` file names for a prefix or either file's path."""
+    path = os.fspath(path)
     for suffix in (CONFIG_SUFFIX, WEIGHTS_SUFFIX):
         if path.endswith(suffix):
             path = path[: -len(suffix)]
@@ -160,6 +163,7 @@ def load_authors_checkpoint(
     **overrides,
 ) -> CellPLM:
     """Build a :class:`CellPLM` from an authors' checkpoint (:meth:`CellPLM.load_pretrained`)."""
+    check_anndata(adata)
     config_file, weights_file = checkpoint_paths(path)
     config = read_json_file(config_file, "checkpoint config")
     if not isinstance(config, dict):

@@ -21,11 +21,13 @@ from scfound._utils import (
     check_genes_present,
     check_groups,
     check_scale,
+    check_spatial_scale,
     get_matrix,
     get_spatial,
     layer_name,
+    warn_z_extent,
 )
-from scfound._validate import check_anndata, check_cells_and_genes
+from scfound._validate import check_obs_keys
 from scfound.nn import (
     POSITIONAL_ENCODINGS,
     knn_graph,
@@ -34,7 +36,14 @@ from scfound.nn import (
     random_walk_pe,
 )
 
-from ..base import GroupModelMixin, QuietObsmField, SafeSaveMixin
+from ..base import (
+    GroupModelMixin,
+    GroupObsField,
+    QuietObsmField,
+    SafeSaveMixin,
+    check_model_data,
+    register_fields,
+)
 from ._module import PE_FEATURES_KEY, SpaFormerModule
 
 logger = logging.getLogger(__name__)
@@ -106,6 +115,20 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         Library size for ``log1p`` normalisation; default the median library size of ``adata``.
     max_cells
         Cap on the cells of one step; larger groups are split into random chunks.
+    spatial_scale
+        One factor per coordinate axis, multiplied into the coordinates before the spatial
+        graph and the positional encodings are computed: for a volume whose z is in other units
+        than x and y (section numbers, or anisotropic voxels), e.g. ``(1, 1, 5)`` when one z
+        unit is 5 x/y units. Saved with the model. ``None`` (default) uses the coordinates as
+        they are, and warns for 3-D coordinates whose z extent is below 1/100 or above 100
+        times their x/y extent.
+
+    Notes
+    -----
+    Coordinates may be 2-D (x, y) or 3-D (x, y, z): with three columns every positional
+    encoding works in the volume (the sinusoid and linear encodings over three axes, the
+    learnable one with an added z-layer table, the graph encodings on the 3-D neighbour graph),
+    and groups are blocks of the volume (:func:`scfound.pp.spatial_tiles`) or sections.
 
     Examples
     --------
@@ -142,8 +165,14 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         attn_dropout: float = 0.1,
         target_sum: float | None = None,
         max_cells: int | None = 4096,
+        spatial_scale: Sequence[float] | None = None,
     ):
         super().__init__(adata, registry)
+        n_spatial_dims = int(self.summary_stats.get(f"n_{SPATIAL_KEY}", 2))
+        spatial_scale = check_spatial_scale(spatial_scale, n_spatial_dims)
+        if self.adata is not None and n_spatial_dims == 3 and spatial_scale is None:
+            coords = np.asarray(self.adata_manager.get_from_registry(SPATIAL_KEY))
+            warn_z_extent(coords, spatial_scale, "SpaFormer")
         if pos_encoding not in POSITIONAL_ENCODINGS:
             raise ValueError(
                 f"pos_encoding={pos_encoding!r} is not one of {sorted(POSITIONAL_ENCODINGS)}."
@@ -183,12 +212,16 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             n_neighbors=n_neighbors,
             dropout=dropout,
             attn_dropout=attn_dropout,
+            n_spatial_dims=n_spatial_dims,
+            spatial_scale=spatial_scale,
         )
         self._model_summary_string = (
             f"SpaFormer: encoder={encoder}, pos_encoding={pos_encoding}, n_layers={n_layers}, "
             f"n_heads={n_heads}, n_hidden={n_hidden}, n_latent={n_latent}, "
             f"likelihood={likelihood}, variational={variational}, "
             f"mask rates={cell_mask_rate}/{gene_mask_rate}, target_sum={target_sum:g}"
+            + (f", {n_spatial_dims}-D coordinates" if n_spatial_dims != 2 else "")
+            + (f", spatial_scale={spatial_scale}" if spatial_scale is not None else "")
         )
         self.init_params_ = self._get_init_params(locals())
 
@@ -212,7 +245,8 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         layer
             Layer with non-negative counts; ``None`` uses ``.X``.
         spatial_key
-            Key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
+            Key of the ``(n_obs, 2)`` (x, y) or ``(n_obs, 3)`` (x, y, z) coordinates in
+            ``adata.obsm``.
         group_key
             Column of ``adata.obs`` with the field of view / tile of each cell: cells attend to the
             cells of their own group. ``None`` makes the whole section one group (cut into chunks
@@ -224,22 +258,21 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
             Internal: ``source_registry`` when a saved model is loaded.
 
         """
-        check_anndata(adata)
-        check_cells_and_genes(adata)
+        check_model_data(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         check_expression(get_matrix(adata, layer), layer_name(layer))
         get_spatial(adata, spatial_key)
+        check_obs_keys(adata, group_key=group_key, batch_key=batch_key)
         if group_key is not None:
             check_groups(adata, group_key)
         anndata_fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             QuietObsmField(SPATIAL_KEY, spatial_key),
-            CategoricalObsField(GROUP_KEY, group_key),
+            GroupObsField(GROUP_KEY, group_key),
             CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
         ]
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
-        adata_manager.register_fields(adata, **kwargs)
-        cls.register_manager(adata_manager)
+        register_fields(cls, adata_manager, adata, **kwargs)
 
     # -------------------------------------------------------------- training
     def train(
@@ -384,7 +417,14 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
     def _check_inference_values(self, adata: AnnData) -> None:
         """The counts, and the coordinates under the registered ``spatial_key``, as at setup."""
         super()._check_inference_values(adata)
-        get_spatial(adata, self.adata_manager.registry["setup_args"]["spatial_key"])
+        key = self.adata_manager.registry["setup_args"]["spatial_key"]
+        coords = get_spatial(adata, key)
+        n_dims = self.module.n_spatial_dims
+        if coords.shape[1] != n_dims:
+            raise ValueError(
+                f"adata.obsm[{key!r}] has {coords.shape[1]} columns, but the model was trained "
+                f"on {n_dims}-D coordinates ({'x, y, z' if n_dims == 3 else 'x, y'})."
+            )
 
     def _median_library_size(self) -> float:
         x = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
@@ -410,6 +450,7 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         out = np.zeros((len(codes), n_feat), dtype=np.float32)
         for code in np.unique(codes):
             cells = np.flatnonzero(codes == code)
-            edges = knn_graph(torch.from_numpy(coords[cells]), self.module.n_neighbors).numpy()
+            xyz = self.module.scale_coords(torch.from_numpy(coords[cells]))
+            edges = knn_graph(xyz, self.module.n_neighbors).numpy()
             out[cells] = GRAPH_FEATURES[feature](edges, len(cells), n_feat)
         return {PE_FEATURES_KEY: out}

@@ -65,6 +65,11 @@ class SpaFormerModule(BaseModuleClass):
         Neighbours of the k-NN spatial graph built within each step.
     dropout, attn_dropout
         Dropout rates.
+    n_spatial_dims
+        Coordinate axes: 2 (x, y) or 3 (x, y, z).
+    spatial_scale
+        Factor per axis multiplied into the coordinates before the graph and the encodings are
+        computed (e.g. ``(1, 1, 5)``); ``None`` uses them as they are.
 
     """
 
@@ -88,8 +93,17 @@ class SpaFormerModule(BaseModuleClass):
         n_neighbors: int = 6,
         dropout: float = 0.2,
         attn_dropout: float = 0.1,
+        n_spatial_dims: int = 2,
+        spatial_scale: tuple[float, ...] | None = None,
     ):
         super().__init__()
+        if spatial_scale is not None and len(spatial_scale) != n_spatial_dims:
+            raise ValueError(
+                f"spatial_scale must hold {n_spatial_dims} factors (one per axis), got "
+                f"{spatial_scale!r}."
+            )
+        self.n_spatial_dims = n_spatial_dims
+        self.spatial_scale = None if spatial_scale is None else tuple(map(float, spatial_scale))
         self.target_sum = float(target_sum)
         self.likelihood = likelihood
         self.variational = variational
@@ -102,7 +116,7 @@ class SpaFormerModule(BaseModuleClass):
 
         self.embed = nn.Linear(n_input, n_hidden)
         self.batch_embed = nn.Embedding(n_batch, n_hidden) if n_batch > 1 else None
-        self.pos_encoding = positional_encoding(pos_encoding, n_hidden)
+        self.pos_encoding = positional_encoding(pos_encoding, n_hidden, n_spatial_dims)
         self.input_dropout = nn.Dropout(dropout)
         if encoder == "transformer":
             self.encoder = TransformerEncoder(n_hidden, n_layers, n_heads, dropout, attn_dropout)
@@ -123,6 +137,12 @@ class SpaFormerModule(BaseModuleClass):
     def needs_graph(self) -> bool:
         """Whether a step needs the spatial graph of its cells."""
         return self.encoder_type == "gat" or self.pos_encoding.needs_graph
+
+    def scale_coords(self, coords: torch.Tensor) -> torch.Tensor:
+        """Coordinates multiplied by :attr:`spatial_scale` per axis (unchanged without one)."""
+        if self.spatial_scale is None:
+            return coords
+        return coords * torch.tensor(self.spatial_scale, device=coords.device, dtype=coords.dtype)
 
     def normalize(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-cell ``log1p(x / library * target_sum)`` and the library sizes ``(n, 1)``."""
@@ -168,7 +188,7 @@ class SpaFormerModule(BaseModuleClass):
         x
             ``(n, genes)`` counts of the group's cells.
         coords
-            ``(n, 2)`` coordinates.
+            ``(n, 2)`` or ``(n, 3)`` coordinates (scaled by :attr:`spatial_scale` here).
         batch_index
             ``(n,)`` batch codes, if batches are registered.
         pe_features
@@ -178,6 +198,7 @@ class SpaFormerModule(BaseModuleClass):
             losses mask; prediction does not.
 
         """
+        coords = self.scale_coords(coords)
         keep = None
         if self.training and self.drop_node_rate > 0 and x.shape[0] > 2:
             keep = torch.rand(x.shape[0], device=x.device) >= self.drop_node_rate

@@ -33,7 +33,7 @@ from scfound._utils import (
     renamed_setup_args,
     resolve_group_key,
 )
-from scfound._validate import check_anndata, check_cells_and_genes
+from scfound._validate import check_anndata, check_obs_keys
 from scfound.data._paired_loader import PairedDataModule, block_edges, spatial_blocks
 from scfound.nn import knn_adjacency
 from scfound.nn._alignment import column_pearson, knn_softmax
@@ -45,11 +45,13 @@ from ..base._save import (
     ModelFileError,
     SafeSaveMixin,
     check_genes,
+    check_model_data,
     check_prefix,
     check_state_dict,
     print_setup_args,
     read_model_meta,
     read_weights,
+    register_fields,
     restore_on_error,
     write_model,
 )
@@ -68,8 +70,15 @@ logger = logging.getLogger(__name__)
 
 #: optimisation steps of a default training run (the authors: 500 full-batch epochs)
 DEFAULT_STEPS = 500
-#: below this many reference genes, library normalisation (``cp10k_log1p``) gets a warning
+#: below this many reference genes, a reference is a targeted panel (:func:`reference_breadth`)
 PANEL_GENES = 500
+#: a reference that shares at least this fraction of its genes with the spatial data is a panel
+PANEL_SHARED_FRACTION = 0.5
+#: a transcriptome-wide reference whose median cell holds fewer counts than this in the shared
+#: genes is sparse, and gets ``reference_smoothing=DEFAULT_SMOOTHING`` by default
+SPARSE_COUNTS = 10.0
+#: reference neighbours of the default smoothing of a sparse reference (scanpy's neighbours)
+DEFAULT_SMOOTHING = 15
 #: loss weights of the authors' osmFISH imputation configuration
 IMPUTATION_WEIGHTS = {
     "reconstruction": 1.0,
@@ -113,6 +122,35 @@ def _mean_std(X: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def reference_breadth(
+    n_reference_genes: int, n_shared: int, shared_counts: np.ndarray
+) -> tuple[bool, bool]:
+    """Whether a reference is a targeted panel, and whether it is sparse in the shared genes.
+
+    A reference is a *panel* when it measures fewer than :data:`PANEL_GENES` genes or shares at
+    least :data:`PANEL_SHARED_FRACTION` of them with the spatial data (another section of the
+    same platform); otherwise it is transcriptome-wide. A transcriptome-wide reference is
+    *sparse* when its median cell holds fewer than :data:`SPARSE_COUNTS` counts in the shared
+    genes.
+
+    Parameters
+    ----------
+    n_reference_genes
+        Genes the reference measures.
+    n_shared
+        Genes it shares with the spatial data.
+    shared_counts
+        Each reference cell's total count over the shared genes.
+
+    Returns
+    -------
+    ``(panel, sparse)``.
+    """
+    panel = n_reference_genes < PANEL_GENES or n_shared >= PANEL_SHARED_FRACTION * n_reference_genes
+    sparse = not panel and float(np.median(shared_counts)) < SPARSE_COUNTS
+    return panel, sparse
+
+
 def _finite(z: torch.Tensor, m: int) -> torch.Tensor:
     """``z``, the latents of submodel ``m``; a clear error if its training diverged."""
     if not torch.isfinite(z).all():
@@ -150,14 +188,17 @@ class STAI(SafeSaveMixin, BaseModelClass):
       their code); the gene-consistency loss has the paper's Frobenius form as an option;
     * imputation and annotation are methods of one trained model, and nothing is read from or
       written to a working directory;
-    * :meth:`get_imputed_expression` gives expected counts at each spatial cell's depth by
-      default (it scored better than the paper's log-normalised reference values in
-      ``benchmarks/results/reference_imputation.md``); ``scale="log1p"`` gives stAI's output.
+    * :meth:`get_imputed_expression` gives stAI's log-normalised reference values by default
+      and, with ``scale="counts"``, expected counts at each spatial cell's depth (better against
+      raw counts, worse against log-normalised ones, in
+      ``benchmarks/results/reference_imputation.md``).
 
-    Options beyond the paper, off by default: ``reference_transform`` for a reference that is
-    itself a gene panel (theirs always library-normalises the reference),
-    ``reference_smoothing`` for a sparse transcriptome-wide reference, and a temperature picked
-    by :meth:`calibrate_imputation`.
+    Options beyond the paper: by default (``"auto"``) the reference's breadth
+    (:func:`reference_breadth`) chooses ``reference_transform`` (a targeted panel is read as the
+    spatial side is; theirs always library-normalises the reference) and
+    ``reference_smoothing`` (on for a sparse transcriptome-wide reference only); the choices are
+    logged and kept in :attr:`chosen_defaults_`. A softmax temperature can be picked by
+    :meth:`calibrate_imputation` (``scfound.tl.impute`` does so by default).
 
     Parameters
     ----------
@@ -184,15 +225,17 @@ class STAI(SafeSaveMixin, BaseModelClass):
         normalisation. Normalising a panel of tens of genes (e.g. another spatial section as
         the reference) makes each gene depend on the panel's other genes and drops the cell's
         depth, which the spatial side keeps; for such a reference ``"scale"`` treats both
-        sides alike (a warning is given below :data:`PANEL_GENES` reference genes).
+        sides alike (a warning is given when a panel is normalised). ``"auto"`` (default):
+        ``"scale"`` for a targeted-panel reference, ``"cp10k_log1p"`` for a transcriptome-wide
+        one (:func:`reference_breadth`).
     reference_smoothing
         ``None`` (stAI): a spatial cell gets the values of its nearest reference cells as they
         are. ``k``: each reference cell's value of an imputed gene is first averaged over its
         ``k`` nearest reference cells in the reference's own transcriptome-wide expression space
-        (:func:`scfound.pp.knn_smoothing_matrix`; 15, as scanpy's neighbours, is a good start),
-        which denoises a sparse scRNA-seq reference. Only imputation reads it; training does
-        not. Meant for a transcriptome-wide reference (a warning is given below
-        :data:`PANEL_GENES` reference genes).
+        (:func:`scfound.pp.knn_smoothing_matrix`), which denoises a sparse scRNA-seq reference.
+        Only imputation reads it; training does not. Meant for a transcriptome-wide reference
+        (a warning is given for a panel). ``"auto"`` (default): :data:`DEFAULT_SMOOTHING` for a
+        transcriptome-wide reference that is sparse in the shared genes, else ``None``.
     weights
         Loss weights; keys of :data:`IMPUTATION_WEIGHTS` (its values are the defaults). The MMD
         matches the two datasets' latent distributions, so it assumes the same mix of cell
@@ -235,14 +278,16 @@ class STAI(SafeSaveMixin, BaseModelClass):
         n_neighbors: int = 10,
         dropout: float = 0.0,
         spatial_transform: Literal["scale", "log1p"] = "scale",
-        reference_transform: Literal["cp10k_log1p", "scale", "log1p"] = "cp10k_log1p",
-        reference_smoothing: int | None = None,
+        reference_transform: Literal["auto", "cp10k_log1p", "scale", "log1p"] = "auto",
+        reference_smoothing: int | Literal["auto"] | None = "auto",
         weights: dict[str, float] | None = None,
         class_weight_power: float = 0.0,
         gene_loss: Literal["cosine", "frobenius"] = "cosine",
         fold_seed: int = 8848,
         mmd_cells: int | None = 512,
     ):
+        check_anndata(adata_spatial, "adata_spatial")
+        check_anndata(adata_reference, "adata_reference")
         super().__init__(adata_spatial)
         self.reference = adata_reference
         self.reference_manager = self._get_most_recent_anndata_manager(
@@ -263,16 +308,22 @@ class STAI(SafeSaveMixin, BaseModelClass):
             raise ValueError(
                 f"spatial_transform must be 'scale' or 'log1p', got {spatial_transform!r}."
             )
-        if reference_transform not in TRANSFORMS:
+        if reference_transform != "auto" and reference_transform not in TRANSFORMS:
             raise ValueError(
-                f"reference_transform must be one of {list(TRANSFORMS)}, "
+                f"reference_transform must be 'auto' or one of {list(TRANSFORMS)}, "
                 f"got {reference_transform!r}."
             )
-        if reference_smoothing is not None and not (
-            isinstance(reference_smoothing, int | np.integer) and reference_smoothing >= 1
+        if not (
+            reference_smoothing is None
+            or (isinstance(reference_smoothing, str) and reference_smoothing == "auto")
+            or (
+                isinstance(reference_smoothing, int | np.integer)
+                and not isinstance(reference_smoothing, bool)
+                and reference_smoothing >= 1
+            )
         ):
             raise ValueError(
-                f"reference_smoothing must be None or a positive integer, got "
+                f"reference_smoothing must be 'auto', None or a positive integer, got "
                 f"{reference_smoothing!r}."
             )
         if gene_loss not in ("cosine", "frobenius"):
@@ -289,19 +340,24 @@ class STAI(SafeSaveMixin, BaseModelClass):
             raise ValueError(f"n_folds must be at least 2, got {n_folds}.")
         n_folds = min(n_folds, len(self.shared_genes))
         self._load_data(n_neighbors)
-        if reference_transform == "cp10k_log1p" and self.reference.n_vars < PANEL_GENES:
+        reference_transform, reference_smoothing = self._choose_defaults(
+            reference_transform, reference_smoothing
+        )
+        if reference_transform == "cp10k_log1p" and self._panel:
             warnings.warn(
-                f"the reference measures only {self.reference.n_vars} genes; normalising each "
-                "cell to 1e4 over so few genes makes every gene depend on the others. For a "
+                f"the reference is a targeted panel ({self.reference.n_vars} genes, "
+                f"{len(self.shared_genes)} shared); normalising each cell to 1e4 over its genes "
+                "makes every gene depend on the others. For a "
                 "targeted-panel reference (e.g. another spatial section) "
                 "reference_transform='scale' is usually better.",
                 UserWarning,
                 stacklevel=2,
             )
-        if reference_smoothing is not None and self.reference.n_vars < PANEL_GENES:
+        if reference_smoothing is not None and self._panel:
             warnings.warn(
-                f"the reference measures only {self.reference.n_vars} genes; reference_smoothing "
-                "averages each reference cell over neighbours found from those genes alone, "
+                f"the reference is a targeted panel ({self.reference.n_vars} genes); "
+                "reference_smoothing averages each reference cell over neighbours found from "
+                "those genes alone, "
                 "which blurs cell types. It is meant for a transcriptome-wide reference.",
                 UserWarning,
                 stacklevel=2,
@@ -390,7 +446,8 @@ class STAI(SafeSaveMixin, BaseModelClass):
         labels_key
             Reference: column of ``adata.obs`` with cell types (needed for annotation).
         spatial_key
-            Spatial data: key of the ``(n_obs, 2)`` coordinates in ``adata.obsm``.
+            Spatial data: key of the ``(n_obs, 2)`` or ``(n_obs, 3)`` (x, y, z) coordinates in
+            ``adata.obsm``.
         group_key
             Spatial data: column of ``adata.obs`` with the slices (or samples, fields of view) of
             the cells; the neighbour graph never joins two of them. ``None``: one slice.
@@ -400,12 +457,12 @@ class STAI(SafeSaveMixin, BaseModelClass):
             Internal: ``source_registry`` when a saved model is loaded.
 
         """
-        check_anndata(adata)
-        check_cells_and_genes(adata)
+        check_model_data(adata)
         setup_method_args = cls._get_setup_method_args(**locals())
         group_key = resolve_group_key(group_key, sample_key, "STAI.setup_anndata")
         record_group_key(setup_method_args, group_key)
         check_expression(get_matrix(adata, layer), layer_name(layer))
+        check_obs_keys(adata, labels_key=labels_key, group_key=group_key)
         fields = [
             LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=False),
             CategoricalObsField(REGISTRY_KEYS.LABELS_KEY, labels_key),
@@ -415,8 +472,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
             get_spatial(adata, spatial_key)
             fields.append(QuietObsmField(SPATIAL_KEY, spatial_key))
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
-        manager.register_fields(adata, **kwargs)
-        cls.register_manager(manager)
+        register_fields(cls, manager, adata, **kwargs)
 
     def _load_data(self, n_neighbors: int) -> None:
         """Shared-gene matrices, reference library sizes and labels, and the spatial graph."""
@@ -441,6 +497,46 @@ class STAI(SafeSaveMixin, BaseModelClass):
         self._coords = np.asarray(sp_manager.get_from_registry(SPATIAL_KEY), dtype=np.float64)
         self._samples = np.asarray(sp_manager.get_from_registry(GROUP_KEY)).ravel()
         self._adjacency = knn_adjacency(self._coords, n_neighbors, self._samples)
+
+    def _choose_defaults(
+        self, reference_transform: str, reference_smoothing: int | str | None
+    ) -> tuple[str, int | None]:
+        """Resolve the ``"auto"`` reference options from the reference's breadth.
+
+        A targeted-panel reference (:func:`reference_breadth`) is read as the spatial side is
+        (``reference_transform="scale"``: per-gene z-scores of its counts) and is not smoothed; a
+        transcriptome-wide one is library-normalised (``"cp10k_log1p"``, stAI's) and, when sparse
+        in the shared genes, smoothed over :data:`DEFAULT_SMOOTHING` neighbours. The choices are
+        logged once and kept in :attr:`chosen_defaults_`.
+        """
+        panel, sparse = reference_breadth(
+            self.reference.n_vars,
+            len(self.shared_genes),
+            np.asarray(self._reference_counts.sum(1)).ravel(),
+        )
+        self._panel = panel
+        breadth = (
+            f"a targeted panel ({self.reference.n_vars} genes, {len(self.shared_genes)} shared)"
+            if panel
+            else f"transcriptome-wide ({self.reference.n_vars} genes, "
+            f"{len(self.shared_genes)} shared{', sparse in them' if sparse else ''})"
+        )
+        chosen = {}
+        if reference_transform == "auto":
+            reference_transform = "scale" if panel else "cp10k_log1p"
+            chosen["reference_transform"] = reference_transform
+        if isinstance(reference_smoothing, str):  # "auto", checked before
+            reference_smoothing = DEFAULT_SMOOTHING if sparse else None
+            chosen["reference_smoothing"] = reference_smoothing
+        #: options that were ``"auto"`` and what the reference's breadth chose for them
+        self.chosen_defaults_ = chosen | ({"reference": breadth} if chosen else {})
+        if chosen:
+            logger.info(
+                "stAI: the reference is %s; chose %s.",
+                breadth,
+                ", ".join(f"{k}={v!r}" for k, v in chosen.items()),
+            )
+        return reference_transform, reference_smoothing
 
     # -------------------------------------------------------------- training
     def _make_batch(self, sp_cells: np.ndarray, ref_cells: np.ndarray) -> dict[str, torch.Tensor]:
@@ -580,7 +676,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
         adata: AnnData | None = None,
         *,
         genes: Sequence[str] | None = None,
-        scale: Literal["counts", "log1p"] = "counts",
+        scale: Literal["counts", "log1p"] = "log1p",
         temperature: float | None = None,
     ) -> pd.DataFrame:
         """Expression of reference genes in the spatial cells, averaged over the submodels.
@@ -597,12 +693,14 @@ class STAI(SafeSaveMixin, BaseModelClass):
         genes
             Reference genes to impute; default every reference gene the spatial data lacks.
         scale
-            ``"counts"`` (default): expected counts at each spatial cell's own depth: the
+            ``"log1p"`` (default, stAI): the reference's ``log1p`` of counts normalised to 1e4
+            per cell. ``"counts"``: expected counts at each spatial cell's own depth: the
             neighbours' mean normalised expression (counts per 1e4, not logged), times the
             spatial cell's total over the shared genes, divided by the reference's mean
             normalised total over the shared genes. The spatial cells' depth varies with cell
-            size and detection, and measured counts carry it; the ``log1p`` scale does not.
-            ``"log1p"`` (stAI): the reference's ``log1p`` of counts normalised to 1e4 per cell.
+            size and detection; raw counts carry it, log-normalised values do not, so
+            ``"counts"`` correlates better with raw counts and ``"log1p"`` with
+            log-normalised ones.
         temperature
             Softmax temperature of the neighbour weights (distances are divided by it); default
             :attr:`imputation_temperature_`: 1 (stAI) unless :meth:`calibrate_imputation` set it.
@@ -646,15 +744,16 @@ class STAI(SafeSaveMixin, BaseModelClass):
     def calibrate_imputation(
         self,
         temperatures: Sequence[float] = (0.125, 0.25, 0.5, 1.0),
-        scale: Literal["log1p", "counts"] = "counts",
+        scale: Literal["log1p", "counts"] = "log1p",
     ) -> pd.Series:
         """Pick the imputation temperature on the measured genes, without held-out data.
 
         Each submodel never reads its calibration genes, though the spatial data measures them:
         they are imputed from the reference at every temperature and scored by their Pearson
-        correlation with the spatial values (per gene across cells; on the ``counts`` scale the
-        depth is each cell's total over the submodel's training genes, so the scored gene does
-        not enter its own estimate). The temperature with the best mean over genes and
+        correlation with the spatial values (per gene across cells): on the ``counts`` scale with
+        the counts, the imputation times each cell's total over the submodel's training genes;
+        on the ``log1p`` scale with the ``log1p`` of the counts per 1e4 of that total. The
+        scored genes never enter their own depth. The temperature with the best mean over genes and
         submodels becomes :attr:`imputation_temperature_`, the default of
         :meth:`get_imputed_expression`. The submodels were trained at temperature 1 on these
         genes' imputation loss, which favours 1, so a lower choice is conservative.
@@ -684,12 +783,15 @@ class STAI(SafeSaveMixin, BaseModelClass):
         for m in range(self.n_folds):
             train, calib = (g.cpu().numpy() for g in self.module.genes(m))
             depth = spatial[:, train].sum(1, keepdims=True)
+            target = spatial[:, calib]
+            if scale == "log1p":
+                target = np.log1p(target / np.maximum(depth, 1.0) * TARGET_SUM)
             latents = self._latents(m)
             for t in temps:
                 pred = (self._neighbour_weights(m, t, latents) @ reference[:, calib]).toarray()
                 if scale == "counts":
                     pred = pred * depth
-                pcc = column_pearson(torch.from_numpy(pred), torch.from_numpy(spatial[:, calib]))
+                pcc = column_pearson(torch.from_numpy(pred), torch.from_numpy(target))
                 scores[t] += pcc.tolist()
         table = pd.Series({t: float(np.mean(v)) for t, v in scores.items()}, name="calibration_pcc")
         table.index.name = "temperature"
@@ -850,6 +952,8 @@ class STAI(SafeSaveMixin, BaseModelClass):
                     "not an object."
                 )
         state = read_weights(dir_path)
+        check_model_data(adata_spatial, "adata_spatial")
+        check_model_data(adata_reference, "adata_reference")
         check_genes(adata_spatial.var_names, meta["spatial_var_names"])
         check_genes(adata_reference.var_names, meta["reference_var_names"])
         with restore_on_error(cls, adata_spatial, adata_reference):

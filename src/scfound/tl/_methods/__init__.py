@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from ._base import VERBS, Inputs, MethodAdapter, Result
 from .cellplm import CellPLMAdapter
+from .sailer import SAILERAdapter
+from .scmognn import ScMoGNNAdapter
 from .spaformer import SpaFormerAdapter
 from .stai import STAIAdapter
 
 #: every method of the ``tl`` verbs by its ``method=`` name
 ADAPTERS: dict[str, type[MethodAdapter]] = {
-    adapter.name: adapter for adapter in (SpaFormerAdapter, CellPLMAdapter, STAIAdapter)
+    adapter.name: adapter
+    for adapter in (SpaFormerAdapter, CellPLMAdapter, STAIAdapter, ScMoGNNAdapter, SAILERAdapter)
 }
 
 

@@ -22,7 +22,7 @@ from anndata import AnnData
 from scvi.model.base import BaseModelClass
 
 #: the verbs of :mod:`scfound.tl`; an adapter supports those it defines a method for
-VERBS = ("impute", "embed", "annotate", "denoise")
+VERBS = ("impute", "embed", "annotate", "denoise", "predict_modality", "match_modalities")
 
 
 @dataclass
@@ -116,6 +116,11 @@ class MethodAdapter:
     model_class: ClassVar[type[BaseModelClass]]
     #: whether the method reads a second dataset (``reference=``); if not, passing one is an error
     uses_reference: ClassVar[bool] = False
+    #: whether ``embed`` of a MuData (without ``mod=``) embeds all its modalities jointly and
+    #: writes to the MuData's own ``obsm``
+    embeds_mudata: ClassVar[bool] = False
+    #: scale of ``impute``/``denoise`` when the caller passes none (``"counts"`` or ``"log1p"``)
+    default_scale: ClassVar[str] = "counts"
 
     @classmethod
     def verbs(cls) -> tuple[str, ...]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import logging
+from typing import ClassVar, Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -17,8 +18,12 @@ from scfound.models.base import check_genes
 from ._base import Inputs, MethodAdapter, Result
 from ._minimal import minimal_anndata
 
+logger = logging.getLogger(__name__)
+
 #: ``obs`` column of the reference's labels in the model's own AnnData
 LABELS = "labels"
+#: temperatures tried by the default calibration (:meth:`~scfound.STAI.calibrate_imputation`)
+TEMPERATURES = (0.25, 0.5, 1.0)
 
 
 class STAIAdapter(MethodAdapter):
@@ -33,6 +38,8 @@ class STAIAdapter(MethodAdapter):
     name = "stai"
     model_class = STAI
     uses_reference = True
+    #: ``tl.impute``'s ``scale`` when none is given: stAI's own output, log-normalised values
+    default_scale: ClassVar[str] = "log1p"
 
     def impute(
         self,
@@ -41,8 +48,14 @@ class STAIAdapter(MethodAdapter):
         genes: list[str] | None,
         scale: Literal["counts", "log1p"],
         temperature: float | None = None,
+        calibrate: bool = True,
     ) -> Result:
         """Each spatial cell gets the softmax-weighted mean of its nearest reference cells.
+
+        A model trained here picks its softmax temperature on the measured genes
+        (:meth:`~scfound.STAI.calibrate_imputation`, a few seconds; no held-out value is read)
+        and the reference options its breadth chooses (``reference_transform``,
+        ``reference_smoothing``; see :class:`~scfound.STAI`); both are recorded in the run.
 
         Parameters
         ----------
@@ -54,16 +67,32 @@ class STAIAdapter(MethodAdapter):
             ``"counts"``: expected counts at each spatial cell's depth; ``"log1p"``: the
             reference's log-normalised values (stAI's output).
         temperature
-            Softmax temperature of the neighbour weights (default: the model's, 1 unless
-            :meth:`~scfound.STAI.calibrate_imputation` set it).
+            Softmax temperature of the neighbour weights (default: the model's, picked by
+            the calibration of a model trained here, else the given model's).
+        calibrate
+            Pick the temperature of a model trained here from (0.25, 0.5, 1) on the measured
+            genes, at the output ``scale`` (``False``: stAI's 1). Skipped when ``temperature``
+            or a trained ``model`` is given.
         """
         reference = inputs.need_reference(self.name, "impute")
         if genes is not None:
             genes = check_genes_present(genes, reference.var_names, "the reference")
+        trained_here = inputs.model is None
         model = self._fit_or_reuse(inputs, reference, labels_key=None)
+        params: dict = dict(getattr(model, "chosen_defaults_", {})) if trained_here else {}
+        if trained_here and calibrate and temperature is None:
+            table = model.calibrate_imputation(TEMPERATURES, scale=scale)
+            params["calibration_pcc"] = {str(t): round(v, 4) for t, v in table.items()}
+            logger.info(
+                "stAI: imputation temperature %g picked on the measured genes.",
+                model.imputation_temperature_,
+            )
         values = model.get_imputed_expression(genes=genes, scale=scale, temperature=temperature)
         values.index = inputs.adata.obs_names.copy()
-        return Result(values, model, {"temperature": temperature})
+        params["temperature"] = (
+            model.imputation_temperature_ if temperature is None else float(temperature)
+        )
+        return Result(values, model, params)
 
     def annotate(self, inputs: Inputs, *, labels_key: str) -> Result:
         """Classify every spatial cell from its latent vector, averaged over the gene folds.
@@ -82,10 +111,13 @@ class STAIAdapter(MethodAdapter):
             Column of ``reference.obs`` with the cell types.
         """
         reference = inputs.need_reference(self.name, "annotate")
+        params: dict = {}
         model = self._fit_or_reuse(inputs, reference, labels_key=labels_key)
+        if inputs.model is None:
+            params = dict(getattr(model, "chosen_defaults_", {}))
         probs = model.predict(soft=True)
         probs.index = inputs.adata.obs_names.copy()
-        return Result(probs, model)
+        return Result(probs, model, params)
 
     # ------------------------------------------------------------------ internals
     def _fit_or_reuse(self, inputs: Inputs, reference: AnnData, labels_key: str | None) -> STAI:

@@ -1,0 +1,605 @@
+"""SAILER: confounder-invariant representations of scATAC-seq (Cao et al., Bioinformatics 2021)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+import torch
+from anndata import AnnData
+from scvi import REGISTRY_KEYS
+from scvi.data import AnnDataManager
+from scvi.data.fields import CategoricalObsField, LayerField, NumericalJointObsField
+from scvi.dataloaders import DataSplitter
+from scvi.model.base import BaseModelClass
+from scvi.train import TrainingPlan, TrainRunner
+
+from scfound._utils import check_expression, check_genes_present, get_matrix, layer_name
+from scfound._validate import check_obs_keys
+
+from ..base import (
+    SafeSaveMixin,
+    check_genes,
+    check_model_data,
+    register_fields,
+    restore_on_error,
+    run_training,
+)
+from ._module import SAILERModule
+
+logger = logging.getLogger(__name__)
+
+#: rows read at a time when statistics are computed from the registered matrix
+_BLOCK = 10_000
+
+
+class SAILERTrainingPlan(TrainingPlan):
+    """:class:`~scvi.train.TrainingPlan` with SAILER's annealing of the KL weight ``beta``.
+
+    ``beta`` is 0 during ``warmup_epochs`` (reconstruction only), then follows a cyclical
+    schedule (Fu et al., 2019): ``n_cycles`` cycles over the remaining epochs, each a linear
+    ramp from 0 to 1 over its first half and 1 over its second half. ``beta`` is evaluated once
+    per epoch, as the authors do, and multiplies both the prior KL and the MI penalty.
+
+    Parameters
+    ----------
+    module
+        The :class:`~scfound.models.sailer._module.SAILERModule`.
+    max_epochs
+        Epochs of the run (sets the cycle length).
+    warmup_epochs
+        Reconstruction-only epochs first.
+    n_cycles
+        Annealing cycles after the warm-up.
+    lr_decay
+        Factor applied to the learning rate after every epoch (authors: 0.995).
+    **kwargs
+        Passed to :class:`~scvi.train.TrainingPlan`.
+    """
+
+    def __init__(
+        self,
+        module: SAILERModule,
+        *,
+        max_epochs: int,
+        warmup_epochs: int,
+        n_cycles: int,
+        lr_decay: float = 0.995,
+        **kwargs,
+    ):
+        # set first: scvi-tools' constructor reads ``kl_weight``
+        self.warmup_epochs, self.n_cycles, self.lr_decay = warmup_epochs, n_cycles, lr_decay
+        self.cycle_epochs = max(1, math.ceil((max_epochs - warmup_epochs) / max(n_cycles, 1)))
+        super().__init__(module, **kwargs)
+
+    def beta(self, epoch: int) -> float:
+        """The annealing weight at ``epoch`` (0-based)."""
+        if epoch < self.warmup_epochs:
+            return 0.0
+        if self.cycle_epochs == 1:
+            return 1.0
+        t = (epoch - self.warmup_epochs) % self.cycle_epochs
+        return min(1.0, 2.0 * t / self.cycle_epochs)
+
+    @property
+    def kl_weight(self) -> torch.Tensor:
+        """``beta`` of the current epoch."""
+        return torch.tensor(self.beta(self.current_epoch), device=self.device)
+
+    def configure_optimizers(self):
+        """Adam as scvi-tools' plan, with the per-epoch exponential learning-rate decay."""
+        config = super().configure_optimizers()
+        if self.lr_decay != 1.0 and "lr_scheduler" not in config:
+            config["lr_scheduler"] = {
+                "scheduler": torch.optim.lr_scheduler.ExponentialLR(
+                    config["optimizer"], gamma=self.lr_decay
+                ),
+                "interval": "epoch",
+            }
+        return config
+
+
+def _rows(X) -> list:
+    """Row blocks of ``X`` (in memory or on disk) as CSR matrices."""
+    return [sp.csr_matrix(X[s : s + _BLOCK]) for s in range(0, X.shape[0], _BLOCK)]
+
+
+def accessibility_stats(X) -> tuple[np.ndarray, np.ndarray]:
+    """Accessible peaks per cell and accessible cells per peak of a count matrix (``> 0``)."""
+    per_cell, per_peak = [], np.zeros(X.shape[1], dtype=np.int64)
+    for block in _rows(X):
+        binary = block > 0
+        per_cell.append(np.asarray(binary.sum(1)).ravel())
+        per_peak += np.asarray(binary.sum(0)).ravel()
+    return np.concatenate(per_cell), per_peak
+
+
+class SAILER(SafeSaveMixin, BaseModelClass):
+    """SAILER: a VAE for scATAC-seq whose latent space is free of read depth and batch.
+
+    Cao, Fu, Xie (2021), *SAILER: scalable and accurate invariant representation learning for
+    single-cell ATAC-seq processing and integration*, Bioinformatics 37(Suppl_1):i317.
+    Peak counts are binarised; an MLP encoder (``n_hidden``, default 1000-100) maps a cell's
+    profile to a ``n_latent``-dimensional Gaussian posterior; a mirrored decoder reconstructs
+    the profile from ``z`` concatenated with the confounders ``c`` (standardised log read depth,
+    one-hot batch, standardised continuous covariates) under a weighted Bernoulli likelihood.
+    Because the decoder is given ``c``, ``z`` need not encode it; the mutual information
+    ``I(z, c)`` is further penalised through its bound ``E_x KL(q(z|x) || q(z))``, estimated by
+    the mean pairwise KL between the Gaussian posteriors of a mini-batch. Training starts with
+    reconstruction-only epochs, then anneals the KL weight cyclically
+    (:class:`SAILERTrainingPlan`).
+
+    Differences from the authors' code (``uci-cbcl/SAILER``), on purpose:
+
+    * the positive weight of the Bernoulli loss up-weights the accessible entries only
+      (``pos_weight``); their main training loop passes it as ``weight=``, which multiplies
+      every entry by 30 and leaves the 0/1 balance as it was;
+    * ``pos_weight`` defaults to the empirical ratio of 0s to 1s of the data, as the paper
+      says, not a fixed 30;
+    * ``z`` is sampled with standard deviation ``exp(log var / 2)``, the one the KL terms use
+      (their sampler uses ``exp(log var)``);
+    * batches are one-hot (any number of them; theirs is one 0/1 column), and further continuous
+      confounders can be given;
+    * the loss is the per-cell form of the paper's Eq. 2.5 (means over the mini-batch), so the
+      MI penalty has the weight ``lambda`` the paper states; their sums over cells next to a
+      mean over pairs weaken it by the batch size;
+    * it runs on CPU or GPU through scvi-tools' data loaders and training plan (theirs is
+      GPU-only and fails with NumPy >= 1.24).
+
+    Parameters
+    ----------
+    adata
+        AnnData registered with :meth:`setup_anndata` (cells x peaks).
+    registry
+        Registry of a saved model (used by :meth:`load`).
+    n_latent
+        Latent dimensions (paper: 10).
+    n_hidden
+        Hidden widths of the encoder, mirrored by the decoder (paper: ``(1000, 100)``).
+    mi_weight
+        ``lambda``, weight of the mutual-information penalty (paper: 1).
+    pos_weight
+        Weight of the accessible entries in the binary cross-entropy; ``None`` (default):
+        the ratio of inaccessible to accessible entries of the registered data.
+
+    Examples
+    --------
+    >>> import scfound as sf
+    >>> atac = sf.datasets.simulate_atac(preset="sim3", n_cells=2000, n_peaks=2000)
+    >>> sf.SAILER.setup_anndata(atac, layer="counts", batch_key="batch")
+    >>> model = sf.SAILER(atac)
+    >>> model.train(max_epochs=100)
+    >>> atac.obsm["X_sailer"] = model.get_latent_representation()
+    """
+
+    _module_cls = SAILERModule
+    _data_splitter_cls = DataSplitter
+    _training_plan_cls = SAILERTrainingPlan
+    _train_runner_cls = TrainRunner
+
+    def __init__(
+        self,
+        adata: AnnData | None = None,
+        registry: dict | None = None,
+        n_latent: int = 10,
+        n_hidden: Sequence[int] = (1000, 100),
+        mi_weight: float = 1.0,
+        pos_weight: float | None = None,
+        encoder_input: str = "binary",
+    ):
+        super().__init__(adata, registry)
+        n_hidden = [int(h) for h in n_hidden]
+        if not n_hidden or min(n_hidden) < 1:
+            raise ValueError(f"n_hidden must be positive layer widths, got {n_hidden}.")
+        if n_latent < 1:
+            raise ValueError(f"n_latent must be a positive integer, got {n_latent}.")
+        if mi_weight < 0:
+            raise ValueError(f"mi_weight must be >= 0, got {mi_weight}.")
+        if pos_weight is not None and pos_weight <= 0:
+            raise ValueError(f"pos_weight must be > 0 or None, got {pos_weight}.")
+        cont = self.adata_manager.get_state_registry(REGISTRY_KEYS.CONT_COVS_KEY)
+        n_cont = len(cont.get("columns", [])) if cont else 0
+        stats = self._data_stats(n_cont) if self.adata is not None else None
+        if pos_weight is None:
+            pos_weight = stats["pos_weight"] if stats is not None else 1.0
+        self.module = self._module_cls(
+            n_input=self.summary_stats.n_vars,
+            n_batch=self.summary_stats.n_batch,
+            n_continuous_cov=n_cont,
+            n_hidden=n_hidden,
+            n_latent=n_latent,
+            mi_weight=mi_weight,
+            pos_weight=pos_weight,
+            encoder_input=encoder_input,
+        )
+        if stats is not None:
+            for name in ("idf", "depth_mean", "depth_std", "cov_mean", "cov_std"):
+                getattr(self.module, name).copy_(torch.as_tensor(stats[name]))
+        self._model_summary_string = (
+            f"SAILER: n_latent={n_latent}, n_hidden={n_hidden}, mi_weight={mi_weight}, "
+            f"pos_weight={float(pos_weight):.3g}, encoder_input={encoder_input!r}, n_batch={self.summary_stats.n_batch}, "
+            f"n_continuous_cov={n_cont}"
+        )
+        self.init_params_ = self._get_init_params(locals())
+
+    def _data_stats(self, n_cont: int) -> dict:
+        """0/1 ratio, mean and std of the log depth and of the covariates of the registered data."""
+        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        per_cell, per_peak = accessibility_stats(X)
+        ones = float(per_cell.sum())
+        zeros = float(X.shape[0]) * X.shape[1] - ones
+        log_depth = np.log(np.maximum(per_cell, 1.0))
+        stats = {
+            "pos_weight": zeros / ones if ones > 0 else 1.0,
+            "idf": (X.shape[0] / np.maximum(per_peak, 1)).astype(np.float32),
+            "depth_mean": float(log_depth.mean()),
+            "depth_std": float(log_depth.std()) or 1.0,
+            "cov_mean": np.zeros(n_cont, dtype=np.float32),
+            "cov_std": np.ones(n_cont, dtype=np.float32),
+        }
+        if n_cont:
+            covs = np.asarray(
+                self.adata_manager.get_from_registry(REGISTRY_KEYS.CONT_COVS_KEY), dtype=np.float64
+            )
+            std = covs.std(0)
+            stats["cov_mean"] = covs.mean(0).astype(np.float32)
+            stats["cov_std"] = np.where(std > 0, std, 1.0).astype(np.float32)
+        return stats
+
+    # ------------------------------------------------------------------ setup
+    @classmethod
+    def setup_anndata(
+        cls,
+        adata: AnnData,
+        layer: str | None = None,
+        batch_key: str | None = None,
+        continuous_covariate_keys: Sequence[str] | None = None,
+        **kwargs,
+    ) -> None:
+        """Register a cells x peaks AnnData of scATAC-seq counts with SAILER.
+
+        Counts are binarised inside the model (``count > 0``); the log number of accessible
+        peaks of each cell is computed and standardised there too. Nothing is written into
+        ``adata`` beyond scvi-tools' registry entries, and nothing at all when a check fails.
+
+        Parameters
+        ----------
+        adata
+            Cells x peaks; counts (or a binary matrix) in ``layer`` or ``.X``, in memory or
+            backed on disk.
+        layer
+            Layer with non-negative integer counts; ``None`` uses ``.X``.
+        batch_key
+            Column of ``adata.obs`` with batches (samples, technologies): a confounder given
+            to the decoder, one-hot.
+        continuous_covariate_keys
+            Numeric ``obs`` columns with further confounders (e.g. TSS enrichment, fraction of
+            reads in peaks), standardised and given to the decoder.
+        **kwargs
+            Internal: ``source_registry`` when a saved model is loaded.
+
+        Raises
+        ------
+        KeyError
+            A named ``obs`` column is missing.
+        ValueError
+            Negative, non-integer or non-finite counts; a confounder column with missing or
+            non-finite values or a non-numeric continuous covariate.
+
+        Warns
+        -----
+        UserWarning
+            Cells without any count (they are embedded from an empty profile at the mean
+            depth) or peaks without any count (they are learned as never accessible).
+        """
+        check_model_data(adata)
+        setup_method_args = cls._get_setup_method_args(**locals())
+        X = get_matrix(adata, layer)
+        where = layer_name(layer)
+        check_expression(X, where, counts=True, integer=True)
+        keys = list(continuous_covariate_keys or [])
+        check_obs_keys(adata, batch_key=batch_key)
+        check_obs_keys(adata, **{f"continuous_covariate_keys[{i}]": k for i, k in enumerate(keys)})
+        for key in keys:
+            column = adata.obs[key]
+            if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+                raise ValueError(
+                    f"adata.obs[{key!r}] (`continuous_covariate_keys`) must be numeric, found "
+                    f"dtype {column.dtype}; pass categorical confounders as `batch_key`."
+                )
+            if not np.all(np.isfinite(column.to_numpy(dtype=np.float64))):
+                raise ValueError(
+                    f"adata.obs[{key!r}] (`continuous_covariate_keys`) holds infinite values."
+                )
+        if "source_registry" not in kwargs:
+            per_cell, per_peak = accessibility_stats(X)
+            if (per_cell == 0).any():
+                warnings.warn(
+                    f"{int((per_cell == 0).sum())} cells of {where} have no counts; SAILER "
+                    "embeds them from an empty profile at the mean depth. Filter them out "
+                    "(sc.pp.filter_cells(adata, min_counts=1)) unless that is intended.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            if (per_peak == 0).any():
+                warnings.warn(
+                    f"{int((per_peak == 0).sum())} peaks of {where} have no counts; SAILER "
+                    "learns them as never accessible. Filter them out "
+                    "(sc.pp.filter_genes(adata, min_cells=1)) to save memory and time.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        anndata_fields = [
+            LayerField(REGISTRY_KEYS.X_KEY, layer, is_count_data=True),
+            CategoricalObsField(REGISTRY_KEYS.BATCH_KEY, batch_key),
+            NumericalJointObsField(REGISTRY_KEYS.CONT_COVS_KEY, keys or None),
+        ]
+        adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
+        register_fields(cls, adata_manager, adata, **kwargs)
+
+    # --------------------------------------------------------------- training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        batch_size: int = 128,
+        warmup_epochs: int | None = None,
+        n_cycles: int = 4,
+        lr_decay: float = 0.995,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str = "auto",
+        seed: int = 0,
+        enable_progress_bar: bool | None = None,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train with scvi-tools' data splitter and a :class:`SAILERTrainingPlan`.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; default scvi-tools' heuristic
+            ``min(400, round(20000 / n_cells * 400))`` (paper: 400).
+        lr, weight_decay
+            Adam settings (authors: 1e-3, 5e-4).
+        batch_size
+            Cells per step (the MI penalty is estimated within a step).
+        warmup_epochs
+            Reconstruction-only epochs first; default ``round(max_epochs / 40)`` (the authors'
+            10 of 400).
+        n_cycles
+            Cyclical annealing cycles over the remaining epochs (authors: 4).
+        lr_decay
+            Learning rate factor per epoch (authors: 0.995; 1 turns it off).
+        train_size, validation_size
+            Fractions of cells for training and validation (the validation loss is logged as
+            ``validation_loss``).
+        early_stopping
+            Stop when ``validation_loss`` stops improving (mind that the annealing raises the
+            loss at the start of every cycle).
+        accelerator, devices, strategy
+            Passed to Lightning (e.g. ``strategy="ddp"`` with several devices).
+        seed
+            Seed of the initial split, the shuffling and the sampling.
+        enable_progress_bar
+            Show the progress bar; default :attr:`scfound.settings.progress_bar`.
+        datasplitter_kwargs
+            Extra arguments of :class:`~scvi.dataloaders.DataSplitter`.
+        plan_kwargs
+            Extra arguments of :class:`SAILERTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`~scvi.train.Trainer`.
+        """
+        import scvi
+        from scvi.model._utils import get_max_epochs_heuristic
+
+        n_cells = self.adata.n_obs
+        if max_epochs is None:
+            max_epochs = get_max_epochs_heuristic(n_cells)
+        if max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+        if warmup_epochs is None:
+            warmup_epochs = round(max_epochs / 40)
+        if not 0 <= warmup_epochs < max_epochs or warmup_epochs != int(warmup_epochs):
+            raise ValueError(
+                f"warmup_epochs must be an integer in [0, max_epochs), got {warmup_epochs}."
+            )
+        if n_cycles < 1:
+            raise ValueError(f"n_cycles must be >= 1, got {n_cycles}.")
+        if batch_size < 2:
+            raise ValueError(
+                f"batch_size must be >= 2 (the MI penalty compares cells), got {batch_size}."
+            )
+        scvi.settings.seed = seed
+        torch.manual_seed(seed)
+        distributed = "ddp" in str(strategy).lower()
+        splitter = self._data_splitter_cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            distributed_sampler=distributed,
+            **(datasplitter_kwargs or {}),
+        )
+        plan_kwargs = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "eps": 1e-8,
+            "max_epochs": max_epochs,
+            "warmup_epochs": int(warmup_epochs),
+            "n_cycles": n_cycles,
+            "lr_decay": lr_decay,
+            **(plan_kwargs or {}),
+        }
+        plan = self._training_plan_cls(self.module, **plan_kwargs)
+        if train_size < 1:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        run_training(
+            self,
+            plan,
+            splitter,
+            max_epochs=max_epochs,
+            enable_progress_bar=enable_progress_bar,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            **trainer_kwargs,
+        )
+        self.module.eval()
+
+    # -------------------------------------------------------------- inference
+    def _inference_adata(self, adata: AnnData | None) -> AnnData:
+        """The model's data, or a new ``adata`` checked and registered (nothing left on error)."""
+        if not self.is_trained_:
+            raise RuntimeError(
+                "this SAILER is not trained: its outputs would come from random weights. Call "
+                "model.train() first (or load a trained model)."
+            )
+        if adata is None or adata is self.adata:
+            return self.adata
+        check_model_data(adata)
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.X_KEY)
+        check_genes(adata.var_names, state.get("column_names", self.adata.var_names))
+        setup_args = self.adata_manager.registry["setup_args"]
+        check_expression(
+            get_matrix(adata, setup_args.get("layer")),
+            layer_name(setup_args.get("layer")),
+            counts=True,
+            integer=True,
+        )
+        check_obs_keys(adata, batch_key=setup_args.get("batch_key"))
+        for key in setup_args.get("continuous_covariate_keys") or []:
+            check_obs_keys(adata, continuous_covariate_keys=key)
+        with restore_on_error(type(self), adata):
+            return self._validate_anndata(adata)
+
+    @torch.inference_mode()
+    def _forward_batches(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        fn,
+    ) -> np.ndarray:
+        adata = self._inference_adata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        out = []
+        for tensors in loader:
+            inference_outputs = self.module.inference(**self.module._get_inference_input(tensors))
+            out.append(fn(tensors, inference_outputs).detach().float().cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+    def get_latent_representation(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> np.ndarray:
+        """Posterior mean of ``z`` for every cell, ``(n_cells, n_latent)``.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the model's peaks in the model's order (default: the model's own);
+            a new one is set up with the model's :meth:`setup_anndata` arguments.
+        indices
+            Cells of ``adata`` to embed (default all).
+        batch_size
+            Cells per forward pass (default scvi-tools' 128).
+        """
+        return self._forward_batches(adata, indices, batch_size, lambda t, inf: inf["qz_m"])
+
+    def get_accessibility_estimates(
+        self,
+        adata: AnnData | None = None,
+        indices: Sequence[int] | None = None,
+        *,
+        peaks: Sequence[str] | None = None,
+        reference_batch: str | None = None,
+        batch_size: int | None = None,
+    ) -> pd.DataFrame:
+        """Depth- and batch-free accessibility probabilities (the paper's imputation).
+
+        Each cell's posterior mean is decoded with every confounder set to a reference value:
+        the mean log depth, the ``reference_batch`` and the mean of every continuous
+        covariate, so that two cells in the same state get the same profile whatever their
+        depth or batch.
+
+        Parameters
+        ----------
+        adata
+            AnnData with the model's peaks (default: the model's own).
+        indices
+            Cells to return (default all).
+        peaks
+            Peaks (``var_names``) to return (default all).
+        reference_batch
+            Batch whose profile is returned; default the batch with the deepest cells on
+            average (the paper's "batch with the highest data quality").
+        batch_size
+            Cells per forward pass.
+
+        Returns
+        -------
+        Cells x peaks DataFrame of probabilities in ``(0, 1)``.
+        """
+        model_peaks = pd.Index(self.adata.var_names.astype(str))
+        columns = model_peaks
+        if peaks is not None:
+            columns = pd.Index(check_genes_present(peaks, model_peaks, "the model's peaks"))
+        order = torch.as_tensor(model_peaks.get_indexer(columns))
+        code = self._reference_batch_code(reference_batch)
+        module = self.module
+
+        def decode(tensors, inf):
+            z = inf["qz_m"]
+            n = z.shape[0]
+            batch = torch.full((n, 1), code, dtype=torch.long, device=z.device)
+            covs = module.cov_mean.expand(n, -1)
+            log_depth = module.depth_mean.expand(n)
+            logits = module.generative(z, log_depth, batch, covs)["px_logits"]
+            return torch.sigmoid(logits[:, order.to(z.device)])
+
+        values = self._forward_batches(adata, indices, batch_size, decode)
+        names = (self.adata if adata is None else adata).obs_names
+        if indices is not None:
+            names = names[np.asarray(indices)]
+        return pd.DataFrame(values, index=names.copy(), columns=columns.copy())
+
+    def _reference_batch_code(self, reference_batch: str | None) -> int:
+        """Integer code of ``reference_batch`` (default: the deepest batch of the training data)."""
+        state = self.adata_manager.get_state_registry(REGISTRY_KEYS.BATCH_KEY)
+        categories = [str(c) for c in state.categorical_mapping]
+        if reference_batch is not None:
+            if str(reference_batch) not in categories:
+                raise ValueError(
+                    f"reference_batch={reference_batch!r} is not a batch of the model "
+                    f"(batches: {categories})."
+                )
+            return categories.index(str(reference_batch))
+        if len(categories) == 1:
+            return 0
+        X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
+        per_cell, _ = accessibility_stats(X)
+        codes = np.asarray(self.adata_manager.get_from_registry(REGISTRY_KEYS.BATCH_KEY)).ravel()
+        depth = np.log(np.maximum(per_cell, 1.0))
+        means = [
+            depth[codes == c].mean() if (codes == c).any() else -np.inf
+            for c in range(len(categories))
+        ]
+        return int(np.argmax(means))
