@@ -870,9 +870,10 @@ def environment() -> str:
 
 
 PROTOCOL = (
-    "**Protocol.** Imputation is leave-one-gene-out over the shared genes: for each gene g the "
-    "spatial query loses g (`query[:, genes != g]`), each method imputes g from the reference "
-    "(which measures it), and the prediction is scored against the held-out raw counts with "
+    "**Protocol.** Imputation is leave-genes-out over the shared genes: for each gene g (or "
+    "fold of genes, `--gene-fold-size`) the spatial query loses g (`query[:, genes != g]`), "
+    "each method imputes g from the reference (which measures it), and the prediction is scored "
+    "against the held-out values (raw counts, or log1p-CP10k with `--truth`; see Methods) with "
     "`scfound.metrics.heldout_gene_scores` (per gene over cells: Pearson PCC, Spearman SCC, RMSE "
     "of per-gene z-scores, Jensen-Shannon divergence of the sum-normalised vectors). Output scale "
     "(`--scale`): with `log1p` (stAI's protocol) stAI and SpaGE-like give the reference's "

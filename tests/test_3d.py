@@ -261,6 +261,29 @@ def test_stai_uses_the_3d_graph(volume):
     assert np.all(np.asarray(model._adjacency[np.arange(len(coords)), nearest[:, 1]]).ravel() > 0)
 
 
+def test_stai_spatial_scale_builds_the_graph_on_scaled_axes_and_is_saved(volume, tmp_path):
+    adata = volume[:, :12].copy()
+    sf.STAI.setup_anndata(adata, layer="counts", spatial_key="spatial")
+    reference = volume.copy()
+    del reference.obsm["spatial"]
+    sf.STAI.setup_anndata(reference, layer="counts", labels_key="cell_type")
+    scale = (1.0, 1.0, 50.0)
+    model = sf.STAI(adata, reference, n_neighbors=4, spatial_scale=scale)
+    scaled = adata.obsm["spatial"].astype(np.float64) * np.asarray(scale)
+    graph = model._adjacency.tocoo()
+    # a z scale this large leaves neighbours (nearly) in the same z plane
+    dz = np.abs(scaled[graph.row, 2] - scaled[graph.col, 2])
+    unscaled = sf.STAI(adata, reference, n_neighbors=4)._adjacency.tocoo()
+    dz_unscaled = np.abs(scaled[unscaled.row, 2] - scaled[unscaled.col, 2])
+    assert dz.mean() < dz_unscaled.mean()
+    model.save(tmp_path / "stai")
+    loaded = sf.STAI.load(tmp_path / "stai", adata, reference)
+    assert loaded.spatial_scale == scale
+    assert (loaded._adjacency != model._adjacency).nnz == 0
+    with pytest.raises(ValueError, match="spatial_scale"):
+        sf.STAI(adata, reference, spatial_scale=(1, 1))
+
+
 # ----------------------------------------------------------------- using z matters
 def test_using_z_beats_dropping_it(volume):
     """Neighbours in the volume predict a cell's expression better than neighbours in x, y."""

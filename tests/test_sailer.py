@@ -121,6 +121,35 @@ def test_positive_weight_multiplies_the_accessible_entries_only():
     torch.testing.assert_close(recon(weighted, ones), 7.0 * recon(module, ones))
 
 
+def test_pos_weight_none_is_the_ratio_of_zeros_to_ones():
+    atac = _atac(n_cells=60)
+    sf.SAILER.setup_anndata(atac, layer="counts")
+    ones = float((atac.layers["counts"] > 0).sum())
+    ratio = (atac.n_obs * atac.n_vars - ones) / ones
+    model = sf.SAILER(atac, pos_weight=None, **TINY)
+    assert model.module.pos_weight.item() == pytest.approx(ratio, rel=1e-5)
+    assert ratio > 2  # sparse data: the paper's weight differs from the default
+
+
+def test_tfidf_encoder_input_reads_depth_normalised_profiles():
+    atac = _atac(n_cells=60)
+    sf.SAILER.setup_anndata(atac, layer="counts")
+    model = sf.SAILER(atac, encoder_input="tfidf", **TINY)
+    binary = sp.csr_matrix(atac.layers["counts"] > 0).toarray().astype(np.float32)
+    idf = atac.n_obs / np.maximum(binary.sum(0), 1)
+    np.testing.assert_allclose(model.module.idf.numpy(), idf, rtol=1e-5)
+    module = model.module.eval()
+    x = torch.as_tensor(binary[:5])
+    expected = torch.log1p(1e4 * x / x.sum(1, keepdim=True) * module.idf)
+    torch.testing.assert_close(
+        module.inference(x)["qz_m"], module.mean_encoder(module.encoder(expected))
+    )
+    with pytest.raises(ValueError, match="encoder_input"):
+        sf.SAILER(atac, encoder_input="counts", **TINY)
+    with pytest.raises(ValueError, match="dropout_rate"):
+        sf.SAILER(atac, dropout_rate=1.0, **TINY)
+
+
 def test_annealing_schedule_warms_up_then_cycles():
     module = SAILERModule(n_input=4, n_hidden=(4,), n_latent=2)
     plan = SAILERTrainingPlan(module, max_epochs=42, warmup_epochs=2, n_cycles=4)
@@ -138,7 +167,7 @@ def test_training_lowers_the_loss_and_embeds_every_cell(trained):
     assert loss[-1] < 0.9 * loss[0]
     z = model.get_latent_representation()
     assert z.shape == (atac.n_obs, 4) and np.isfinite(z).all()
-    assert model.module.pos_weight.item() > 1  # 0/1 ratio of sparse data
+    assert model.module.pos_weight.item() == 1.0  # balanced by default
     assert "mi_penalty_train" in model.history
 
 
@@ -176,8 +205,8 @@ def test_save_and_load_round_trip(trained, tmp_path):
     np.testing.assert_allclose(
         loaded.get_latent_representation(), model.get_latent_representation(), rtol=1e-5
     )
-    for name in ("pos_weight", "depth_mean", "depth_std"):
-        assert getattr(loaded.module, name).item() == getattr(model.module, name).item()
+    for name in ("pos_weight", "idf", "depth_mean", "depth_std"):
+        torch.testing.assert_close(getattr(loaded.module, name), getattr(model.module, name))
     # new cells with the model's peaks are embedded; other peaks are refused
     new = _atac(seed=1)
     assert model.get_latent_representation(new).shape == (new.n_obs, 4)

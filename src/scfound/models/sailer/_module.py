@@ -18,11 +18,13 @@ NEGATIVE_SLOPE = 0.2
 ENCODER_INPUTS = ("binary", "tfidf")
 
 
-def _mlp(sizes: Sequence[int]) -> nn.Sequential:
-    """``Linear -> BatchNorm1d -> LeakyReLU`` for each consecutive pair of ``sizes``."""
+def _mlp(sizes: Sequence[int], dropout_rate: float = 0.0) -> nn.Sequential:
+    """``Linear -> BatchNorm1d -> LeakyReLU (-> Dropout)`` for each pair of ``sizes``."""
     layers: list[nn.Module] = []
     for n_in, n_out in itertools.pairwise(sizes):
         layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.LeakyReLU(NEGATIVE_SLOPE)]
+        if dropout_rate > 0:
+            layers.append(nn.Dropout(dropout_rate))
     return nn.Sequential(*layers)
 
 
@@ -82,6 +84,8 @@ class SAILERModule(BaseModuleClass):
         ``log1p(1e4 * x_ij / n_i * idf_j)`` with ``n_i`` the accessible peaks of the cell and
         ``idf_j = n_cells / (accessible cells of peak j)`` (the ``idf`` buffer, set from the data by
         the model). The likelihood is the Bernoulli of the binary profile either way.
+    dropout_rate
+        Dropout after every hidden layer of the encoder.
     """
 
     def __init__(
@@ -94,8 +98,11 @@ class SAILERModule(BaseModuleClass):
         mi_weight: float = 1.0,
         pos_weight: float = 1.0,
         encoder_input: str = "binary",
+        dropout_rate: float = 0.0,
     ):
         super().__init__()
+        if not 0.0 <= dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {dropout_rate}.")
         if encoder_input not in ENCODER_INPUTS:
             raise ValueError(
                 f"encoder_input must be one of {ENCODER_INPUTS}, got {encoder_input!r}."
@@ -105,7 +112,7 @@ class SAILERModule(BaseModuleClass):
         self.n_continuous_cov = n_continuous_cov
         self.mi_weight = float(mi_weight)
         hidden = [int(h) for h in n_hidden]
-        self.encoder = _mlp([n_input, *hidden])
+        self.encoder = _mlp([n_input, *hidden], dropout_rate)
         self.mean_encoder = nn.Linear(hidden[-1], n_latent)
         self.var_encoder = nn.Linear(hidden[-1], n_latent)
         self.n_confounders = 1 + (n_batch if n_batch > 1 else 0) + n_continuous_cov

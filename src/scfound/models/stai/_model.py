@@ -26,12 +26,14 @@ from scfound._utils import (
     check_expression,
     check_genes_present,
     check_scale,
+    check_spatial_scale,
     get_matrix,
     get_spatial,
     layer_name,
     record_group_key,
     renamed_setup_args,
     resolve_group_key,
+    warn_z_extent,
 )
 from scfound._validate import check_anndata, check_obs_keys
 from scfound.data._paired_loader import PairedDataModule, block_edges, spatial_blocks
@@ -215,6 +217,11 @@ class STAI(SafeSaveMixin, BaseModelClass):
         Reference neighbours of the imputation softmax (stAI: 50; ``None`` = all cells).
     n_neighbors
         Neighbours of the spatial k-NN graph (stAI: 10).
+    spatial_scale
+        One factor per coordinate axis, multiplied into the coordinates before the k-NN graph
+        and the mini-batch blocks are built (e.g. ``(1, 1, 5)`` when z is in units five times
+        smaller than x and y); saved with the model. ``None``: coordinates as they are (a
+        warning is given for 3-D coordinates whose z extent looks mis-scaled).
     dropout
         Dropout of the encoders (stAI: 0).
     spatial_transform
@@ -276,6 +283,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
         n_folds: int = 5,
         topk: int | None = 50,
         n_neighbors: int = 10,
+        spatial_scale: Sequence[float] | None = None,
         dropout: float = 0.0,
         spatial_transform: Literal["scale", "log1p"] = "scale",
         reference_transform: Literal["auto", "cp10k_log1p", "scale", "log1p"] = "auto",
@@ -339,7 +347,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
         if n_folds < 2:
             raise ValueError(f"n_folds must be at least 2, got {n_folds}.")
         n_folds = min(n_folds, len(self.shared_genes))
-        self._load_data(n_neighbors)
+        self._load_data(n_neighbors, spatial_scale)
         reference_transform, reference_smoothing = self._choose_defaults(
             reference_transform, reference_smoothing
         )
@@ -404,6 +412,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
                 "n_folds": n_folds,
                 "topk": topk,
                 "n_neighbors": n_neighbors,
+                "spatial_scale": self.spatial_scale,
                 "dropout": dropout,
                 "spatial_transform": spatial_transform,
                 "reference_transform": reference_transform,
@@ -474,7 +483,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
         manager = AnnDataManager(fields=fields, setup_method_args=setup_method_args)
         register_fields(cls, manager, adata, **kwargs)
 
-    def _load_data(self, n_neighbors: int) -> None:
+    def _load_data(self, n_neighbors: int, spatial_scale: Sequence[float] | None) -> None:
         """Shared-gene matrices, reference library sizes and labels, and the spatial graph."""
         sp_manager, ref_manager = self.adata_manager, self.reference_manager
         sp_X = sp.csr_matrix(sp_manager.get_from_registry(REGISTRY_KEYS.X_KEY), dtype=np.float32)
@@ -494,7 +503,11 @@ class STAI(SafeSaveMixin, BaseModelClass):
             self._labels = np.asarray(
                 ref_manager.get_from_registry(REGISTRY_KEYS.LABELS_KEY)
             ).ravel()
-        self._coords = np.asarray(sp_manager.get_from_registry(SPATIAL_KEY), dtype=np.float64)
+        coords = np.asarray(sp_manager.get_from_registry(SPATIAL_KEY), dtype=np.float64)
+        #: per-axis factors of the coordinates (``None``: as they are)
+        self.spatial_scale = check_spatial_scale(spatial_scale, coords.shape[1])
+        warn_z_extent(coords, self.spatial_scale, "STAI")
+        self._coords = coords if self.spatial_scale is None else coords * self.spatial_scale
         self._samples = np.asarray(sp_manager.get_from_registry(GROUP_KEY)).ravel()
         self._adjacency = knn_adjacency(self._coords, n_neighbors, self._samples)
 
