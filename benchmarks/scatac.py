@@ -1,4 +1,4 @@
-r"""scATAC-seq benchmark: SAILER against LSI and LSI + Harmony on SAILER's simulations.
+r"""scATAC-seq benchmark: SAILER against LSI, SnapATAC2, PeakVI (+ Harmony) on SAILER's simulations.
 
 Data: :func:`scfound.datasets.simulate_atac` with the presets of the SAILER paper (Sim1: deep, one
 rare type at 1 %; Sim2: shallow, 9 types; Sim3: two batches differing in depth and signal, one
@@ -15,20 +15,30 @@ Methods, all on the same simulated counts in the same run:
   on Sim3);
 * ``lsi``: ``muon.atac.pp.tfidf`` + ``muon.atac.tl.lsi`` (11 components, the first, which
   follows depth, dropped: 10 dimensions, as users run it);
-* ``lsi_harmony`` (Sim3 only): the LSI components corrected by ``harmonypy`` over batches.
+* ``snapatac2``: ``snapatac2.tl.spectral`` on all features (its default 30 components; it
+  returns fewer when eigenvalues vanish);
+* ``peakvi``: ``scvi.model.PEAKVI`` with its defaults (10-d latent for comparability; up to 500
+  epochs with early stopping; batch as a covariate on Sim3);
+* ``*_harmony`` (Sim3 only): the LSI and SnapATAC2 components corrected by ``harmonypy``.
 
-Metrics: Leiden ARI/NMI with the labels, the same protocol for every method and on the
-embedding as users cluster it: a 15-neighbour graph on the embedding itself
-(``scanpy.pp.neighbors(use_rep=...)``, no PCA in between), Leiden at resolutions 0.1-2.0; ``ARI``
-and ``NMI`` at the resolution with the best ARI, ``ARI@k`` at the resolution whose number of
-clusters is closest to the number of types (ties: the better ARI), I(z, depth) (mean over
-dimensions of the KSG mutual information with the log fragment count,
-``sklearn.feature_selection.mutual_info_regression``), and on Sim3 I(z, batch)
-(``mutual_info_classif``, mean over dimensions).
+Metrics, the same for every method: Leiden ARI/NMI with the labels through
+:func:`scfound.metrics.clustering_scores` on the embedding as users cluster it (a 15-neighbour
+graph on the embedding itself, ``n_pcs=None``; Leiden at resolutions 0.1-2.0): ``ARI`` and
+``NMI`` at the resolution with the best ARI, ``ARI@k`` at the resolution whose number of
+clusters is closest to the number of types; cell-type ASW (``scib_metrics.silhouette_label``,
+rescaled to [0, 1]); the recall of the rare types (the share of their cells whose 15 nearest
+neighbours in the embedding are mostly of their own type); I(z, depth) (mean over dimensions of
+the KSG mutual information with the log fragment count,
+``sklearn.feature_selection.mutual_info_regression``); and on Sim3 batch mixing: I(z, batch)
+(``mutual_info_classif``), batch ASW (``scib_metrics.silhouette_batch``) and iLISI
+(``scib_metrics.ilisi_knn`` on a 90-neighbour graph), both scaled so that 1 is perfect mixing.
 
 Usage::
 
     python benchmarks/scatac.py --seeds 0 1
+    # or one preset per process, then one report from their JSON files
+    python benchmarks/scatac.py --presets sim1 --name scatac_sim1  # ... sim2, sim3
+    python benchmarks/scatac.py --combine results/scatac_sim1.json ... --name scatac
 
 Writes ``scatac.md`` and ``scatac.json`` into ``--out`` (default ``benchmarks/results``).
 """
@@ -50,6 +60,7 @@ import pandas as pd
 from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
 
 import scfound as sf
+from scfound.metrics import clustering_scores
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mop_snareseq.h5mu")
 N_LATENT = 10
@@ -109,91 +120,168 @@ def harmony(Z: np.ndarray, batch: pd.Series, seed: int) -> np.ndarray:
     return Zc.T if Zc.shape[0] != Z.shape[0] else Zc
 
 
-def leiden_scores(Z: np.ndarray, labels: pd.Series, seed: int) -> dict:
-    """Leiden on the 15-neighbour graph of ``Z`` at resolutions 0.1-2.0 (see the module doc)."""
-    import anndata as ad
-    import scanpy as sc
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+def peakvi(adata, batch_key: str | None, seed: int) -> np.ndarray:
+    """PeakVI (scvi-tools) with its defaults and a 10-d latent."""
+    import scvi
 
-    tmp = ad.AnnData(np.asarray(Z, dtype=np.float64))
-    sc.pp.neighbors(tmp, n_neighbors=15, use_rep="X", random_state=seed)
-    n_types = labels.nunique()
-    runs = []
-    for resolution in np.round(np.arange(0.1, 2.01, 0.1), 2):
-        sc.tl.leiden(
-            tmp,
-            resolution=float(resolution),
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=seed,
-            key_added="_leiden",
-        )
-        clusters = tmp.obs["_leiden"].to_numpy()
-        runs.append(
-            (
-                adjusted_rand_score(labels, clusters),
-                normalized_mutual_info_score(labels, clusters),
-                abs(len(set(clusters)) - n_types),
-            )
-        )
-    best = max(runs, key=lambda r: r[0])
-    at_k = min(runs, key=lambda r: (r[2], -r[0]))
-    return {"ARI": float(best[0]), "NMI": float(best[1]), "ARI@k": float(at_k[0])}
+    scvi.settings.seed = seed
+    work = adata.copy()
+    scvi.model.PEAKVI.setup_anndata(work, layer="counts", batch_key=batch_key)
+    model = scvi.model.PEAKVI(work, n_latent=N_LATENT)
+    model.train(enable_progress_bar=False)
+    return model.get_latent_representation()
+
+
+def spectral(adata, seed: int) -> np.ndarray:
+    """SnapATAC2's spectral embedding on every feature (its default 30 components)."""
+    import anndata as ad
+    import snapatac2 as snap
+
+    work = ad.AnnData(
+        adata.layers["counts"].astype(np.float32), obs=adata.obs[[]], var=adata.var[[]]
+    )
+    snap.tl.spectral(work, features=None, random_state=seed, num_threads=1)
+    return np.asarray(work.obsm["X_spectral"])
+
+
+def rare_recall(Z: np.ndarray, labels: pd.Series, n_neighbors: int = 15) -> float:
+    """Mean over the rare types of the share of their cells with a same-type kNN majority."""
+    from sklearn.neighbors import NearestNeighbors
+
+    rare = [t for t in labels.unique() if "(rare)" in str(t)]
+    if not rare:
+        return float("nan")
+    codes = labels.to_numpy()
+    _, idx = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(Z).kneighbors(Z)
+    same = codes[idx[:, 1:]] == codes[:, None]
+    return float(np.mean([(same[codes == t].mean(1) > 0.5).mean() for t in rare]))
 
 
 def scores(Z: np.ndarray, adata, seed: int) -> dict:
+    import scib_metrics
+    from scib_metrics.nearest_neighbors import pynndescent
+
+    Z = np.asarray(Z, dtype=np.float32)
+    labels = adata.obs["cell_type"].astype(str)
     depth = np.log(adata.obs["n_fragments"].to_numpy())
+    leiden = clustering_scores(Z, labels, n_pcs=None, seed=seed, at_n_labels=True)
     row = {
-        **leiden_scores(Z, adata.obs["cell_type"], seed),
+        "ARI": leiden["ari"],
+        "NMI": leiden["nmi"],
+        "ARI@k": leiden["ari_at_k"],
+        "ASW_type": float(scib_metrics.silhouette_label(Z, labels.to_numpy())),
+        "rare_recall": rare_recall(Z, labels),
         "I(z,depth)": float(mutual_info_regression(Z, depth, random_state=seed).mean()),
     }
     if adata.obs["batch"].nunique() > 1:
+        batch = adata.obs["batch"].astype(str).to_numpy()
         row["I(z,batch)"] = float(
             mutual_info_classif(Z, adata.obs["batch"].cat.codes, random_state=seed).mean()
         )
+        row["ASW_batch"] = float(scib_metrics.silhouette_batch(Z, labels.to_numpy(), batch))
+        row["iLISI"] = float(
+            scib_metrics.ilisi_knn(pynndescent(Z, n_neighbors=90, random_state=seed), batch)
+        )
     return row
+
+
+def report(rows: list[dict], commands: list[str], settings: str, path_md: str) -> None:
+    """Mean over seeds and every run, as Markdown."""
+    table = pd.DataFrame(rows)
+    metrics = [c for c in METRICS if c in table]
+    mean = table.groupby(["preset", "method"])[metrics].mean().round(3)
+    with open(path_md, "w") as fh:
+        fh.write("# scATAC-seq: SAILER vs LSI, SnapATAC2, PeakVI (+ Harmony) on simulations\n\n")
+        fh.write("Commands (OMP_NUM_THREADS=1, 2 CPU cores shared with other jobs):\n\n")
+        fh.write("".join(f"- `{c}`\n" for c in commands))
+        seeds = sorted({int(row["seed"]) for row in rows})
+        settings = settings.split("; seeds")[0].rstrip(".")  # runs before seeds were reported here
+        fh.write(f"\nDate: {datetime.now():%Y-%m-%d %H:%M}, CPU.\n\n{settings}; seeds {seeds}.\n\n")
+        fh.write("## Mean over seeds\n\n" + mean.to_markdown() + "\n\n## Every run\n\n")
+        fh.write(table.round(4).to_markdown(index=False) + "\n")
+    print(mean)
+
+
+#: columns of the report, in order
+METRICS = (
+    "ARI",
+    "NMI",
+    "ARI@k",
+    "ASW_type",
+    "rare_recall",
+    "I(z,depth)",
+    "I(z,batch)",
+    "ASW_batch",
+    "iLISI",
+    "seconds",
+)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--presets", nargs="+", default=["sim1", "sim2", "sim3"])
-    parser.add_argument("--n-cells", type=int, default=2000)
-    parser.add_argument("--n-peaks", type=int, default=2500)
+    parser.add_argument("--methods", nargs="+", default=["lsi", "snapatac2", "peakvi", "sailer"])
+    parser.add_argument("--n-cells", type=int, default=1000)
+    parser.add_argument("--n-peaks", type=int, default=1500)
     parser.add_argument("--depth-scale", type=float, default=0.1)
-    parser.add_argument("--max-epochs", type=int, default=80)
-    parser.add_argument("--n-hidden", type=int, nargs="+", default=[1000, 100])
+    parser.add_argument("--max-epochs", type=int, default=120)
+    parser.add_argument("--n-hidden", type=int, nargs="+", default=[256, 64])
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--name", default="scatac")
+    parser.add_argument("--combine", nargs="+", help="JSON files of earlier runs to report as one")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     sf.settings.progress_bar = False
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    settings = (
+        f"{args.n_cells} cells, {args.n_peaks} MoP pseudo-bulk peaks + as many background "
+        f"bins, fragments x {args.depth_scale}; SAILER {args.max_epochs} epochs, hidden "
+        f"{args.n_hidden}, its defaults otherwise (`pos_weight=1`)."
+    )
+    os.makedirs(args.out, exist_ok=True)
+    if args.combine:
+        runs = [json.load(open(path)) for path in args.combine]
+        rows = [row for run in runs for row in run["rows"]]
+        commands = [run["command"] for run in runs] + [command]
+        with open(os.path.join(args.out, f"{args.name}.json"), "w") as fh:
+            json.dump({"commands": commands, "rows": rows}, fh, indent=1)
+        report(rows, commands, runs[0].get("settings", ""), f"{args.out}/{args.name}.md")
+        return
     rows = []
     for preset in args.presets:
         for seed in args.seeds:
             adata = simulate(preset, args.n_cells, args.n_peaks, args.depth_scale, seed)
             density = float((adata.X > 0).mean())
             batch_key = "batch" if adata.obs["batch"].nunique() > 1 else None
-            t0 = time.perf_counter()
-            sf.tl.embed(
-                adata,
-                "sailer",
-                layer="counts",
-                batch_key=batch_key,
-                max_epochs=args.max_epochs,
-                model_kwargs={"n_hidden": tuple(args.n_hidden)},
-                seed=seed,
-            )
-            timings = {"sailer": time.perf_counter() - t0}
-            t0 = time.perf_counter()
-            embeddings = {"sailer": adata.obsm["X_sailer"], "lsi": lsi(adata)}
-            timings["lsi"] = time.perf_counter() - t0
-            if batch_key is not None:
+            embeddings, timings = {}, {}
+            for method in args.methods:
                 t0 = time.perf_counter()
-                embeddings["lsi_harmony"] = harmony(embeddings["lsi"], adata.obs["batch"], seed)
-                timings["lsi_harmony"] = timings["lsi"] + time.perf_counter() - t0
+                if method == "sailer":
+                    sf.tl.embed(
+                        adata,
+                        "sailer",
+                        layer="counts",
+                        batch_key=batch_key,
+                        max_epochs=args.max_epochs,
+                        model_kwargs={"n_hidden": tuple(args.n_hidden)},
+                        seed=seed,
+                    )
+                    embeddings[method] = adata.obsm["X_sailer"]
+                elif method == "lsi":
+                    embeddings[method] = lsi(adata)
+                elif method == "snapatac2":
+                    embeddings[method] = spectral(adata, seed)
+                elif method == "peakvi":
+                    embeddings[method] = peakvi(adata, batch_key, seed)
+                else:
+                    raise ValueError(f"unknown method {method!r}")
+                timings[method] = time.perf_counter() - t0
+                if batch_key is not None and method in ("lsi", "snapatac2"):
+                    t0 = time.perf_counter()
+                    corrected = harmony(embeddings[method], adata.obs["batch"], seed)
+                    embeddings[f"{method}_harmony"] = corrected
+                    timings[f"{method}_harmony"] = timings[method] + time.perf_counter() - t0
             for method, Z in embeddings.items():
                 row = {
                     "preset": preset,
@@ -205,25 +293,9 @@ def main() -> None:
                 }
                 rows.append(row)
                 print(row, flush=True)
-    table = pd.DataFrame(rows)
-    os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"{args.name}.json"), "w") as fh:
-        json.dump({"command": command, "rows": rows}, fh, indent=1)
-    metrics = [
-        c for c in ("ARI", "NMI", "ARI@k", "I(z,depth)", "I(z,batch)", "seconds") if c in table
-    ]
-    mean = table.groupby(["preset", "method"])[metrics].mean().round(3)
-    with open(os.path.join(args.out, f"{args.name}.md"), "w") as fh:
-        fh.write("# scATAC-seq: SAILER vs LSI (+ Harmony) on simulations\n\n")
-        fh.write(f"Command: `{command}`  \nDate: {datetime.now():%Y-%m-%d %H:%M}, CPU.\n\n")
-        fh.write(
-            f"{args.n_cells} cells, {args.n_peaks} MoP pseudo-bulk peaks + as many "
-            f"background bins, fragments x {args.depth_scale}, SAILER {args.max_epochs} "
-            f"epochs, hidden {args.n_hidden}, seeds {args.seeds}.\n\n## Mean over seeds\n\n"
-        )
-        fh.write(mean.to_markdown() + "\n\n## Every run\n\n")
-        fh.write(table.round(4).to_markdown(index=False) + "\n")
-    print(mean)
+        json.dump({"command": command, "settings": settings, "rows": rows}, fh, indent=1)
+    report(rows, [command], settings, os.path.join(args.out, f"{args.name}.md"))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ SPAFORMER = {"n_hidden": 8, "n_heads": 2, "n_latent": 4, "n_layers": 1}
 CELLPLM = {"n_hidden": 8, "n_heads": 2, "n_layers": 1, "n_latent": 4, "n_decoder_hidden": 8}
 STAI = {"n_folds": 2, "mmd_cells": 32, "n_hidden": 8, "n_latent": 4}
 SCMOGNN = {"n_hidden": 8, "n_layers": 1, "n_cell_features": 2}
+EXPRFORMER = {"model_kwargs": {"n_hidden": 8, "n_layers": 1}}
 #: options of a tl call that trains a tiny model in one epoch
 TINY = {"max_epochs": 1, "train_kwargs": {"enable_progress_bar": False}}
 
@@ -174,6 +175,7 @@ ENTRIES: dict[str, Callable[[Any, dict], Any]] = {
     "tl.impute": lambda a, c: sf.tl.impute(a, "spaformer", layer="counts", **TINY),
     "tl.embed": lambda a, c: sf.tl.embed(a, "cellplm", layer="counts", **TINY),
     "tl.denoise": lambda a, c: sf.tl.denoise(a, layer="counts", **TINY),
+    "tl.embed_genes": lambda a, c: sf.tl.embed_genes(a, layer="counts", **TINY | EXPRFORMER),
     "tl.annotate": lambda a, c: sf.tl.annotate(a, "cell_type", layer="counts", **TINY),
     "tl.impute(reference=)": lambda a, c: sf.tl.impute(
         split(base(120))[0], "stai", reference=a, layer="counts", reference_layer="counts", **TINY
@@ -184,6 +186,7 @@ ENTRIES: dict[str, Callable[[Any, dict], Any]] = {
     "SpaFormer.setup_anndata": lambda a, c: sf.SpaFormer.setup_anndata(a, layer="counts"),
     "CellPLM.setup_anndata": lambda a, c: sf.CellPLM.setup_anndata(a, layer="counts"),
     "STAI.setup_anndata": lambda a, c: sf.STAI.setup_anndata(a, layer="counts"),
+    "ExpressionTransformer.setup_anndata": lambda a, c: sf.ExpressionTransformer.setup_anndata(a),
     "SpaFormer()": lambda a, c: sf.SpaFormer(a, **SPAFORMER),
     "CellPLM()": lambda a, c: sf.CellPLM(a, **CELLPLM),
     "STAI()": lambda a, c: sf.STAI(a, split(base(120))[1], **STAI),
@@ -211,6 +214,7 @@ READS_COUNTS = [
     "tl.impute",
     "tl.embed",
     "tl.denoise",
+    "tl.embed_genes",
     "tl.annotate",
     "tl.impute(reference=)",
     "tl.predict_modality",
@@ -218,6 +222,7 @@ READS_COUNTS = [
     "SpaFormer.setup_anndata",
     "CellPLM.setup_anndata",
     "STAI.setup_anndata",
+    "ExpressionTransformer.setup_anndata",
     "SpaFormer.get_latent_representation",
     "SpaFormer.get_imputed_expression",
     "CellPLM.get_latent_representation",
@@ -234,6 +239,7 @@ NONE_IS_VALID |= {"tl.impute(reference=)"}  # no reference: a method that needs 
 #: entries that accept a MuData (the tl verbs read one of its modalities)
 MUDATA_IS_VALID = {"tl.impute", "tl.embed", "tl.denoise", "tl.annotate", "tl.impute(reference=)"}
 MUDATA_IS_VALID |= {"tl.predict_modality"}  # reads the MuData's source modality
+MUDATA_IS_VALID |= {"tl.embed_genes"}
 #: entries that accept a DataFrame (of labels)
 DATAFRAME_IS_VALID = {"pl.annotation"}
 #: entries that accept other objects too, and say so in their own message
@@ -342,6 +348,7 @@ for _entry, _call in {
     "tl.impute": lambda a, c: sf.tl.impute(a, "spaformer", layer="nope", **TINY),
     "tl.embed": lambda a, c: sf.tl.embed(a, "cellplm", layer="nope", **TINY),
     "tl.denoise": lambda a, c: sf.tl.denoise(a, layer="nope", **TINY),
+    "tl.embed_genes": lambda a, c: sf.tl.embed_genes(a, layer="nope", **TINY),
     "tl.annotate": lambda a, c: sf.tl.annotate(a, "cell_type", layer="nope", **TINY),
     "tl.predict_modality": lambda a, c: sf.tl.predict_modality(
         a, cite(), **MULTI | {"layer": "nope"}
@@ -350,6 +357,9 @@ for _entry, _call in {
     "SpaFormer.setup_anndata": lambda a, c: sf.SpaFormer.setup_anndata(a, layer="nope"),
     "CellPLM.setup_anndata": lambda a, c: sf.CellPLM.setup_anndata(a, layer="nope"),
     "STAI.setup_anndata": lambda a, c: sf.STAI.setup_anndata(a, layer="nope"),
+    "ExpressionTransformer.setup_anndata": lambda a, c: sf.ExpressionTransformer.setup_anndata(
+        a, layer="nope"
+    ),
     "pl.imputed_genes": lambda a, c: sf.pl.imputed_genes(
         a, ["gene_0"], imputed_layer="counts", measured_layer="nope"
     ),

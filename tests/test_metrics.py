@@ -211,6 +211,22 @@ def test_clustering_recovers_separated_clusters():
     np.testing.assert_array_equal(X, X_before)
 
 
+def test_clustering_on_the_embedding_itself_and_at_the_number_of_labels():
+    rng = np.random.default_rng(2)
+    labels = np.repeat([0, 1, 2], 40)
+    X = rng.normal(size=(120, 40))
+    X[:, :2] += 6.0 * np.array([[0, 0], [1, 0], [0, 1]])[labels]
+    direct = clustering_scores(
+        X, labels, n_pcs=None, resolutions=[0.05, 0.2, 2.0], at_n_labels=True
+    )
+    assert direct["ari"] > 0.9
+    assert direct["n_clusters_at_k"] == 3 and direct["ari_at_k"] > 0.9
+    assert 0 <= direct["nmi_at_k"] <= 1
+    # at the finest resolution alone, the scores at k are those of its many clusters
+    fine = clustering_scores(X, labels, n_pcs=None, resolutions=[2.0], at_n_labels=True)
+    assert fine["n_clusters_at_k"] == fine["n_clusters"] > 3 and fine["ari_at_k"] == fine["ari"]
+
+
 def test_clustering_random_labels_score_low():
     rng = np.random.default_rng(1)
     labels = np.repeat([0, 1, 2], 40)

@@ -530,3 +530,126 @@ def test_find_embedding_and_prediction(adata):
     assert _keys.find_prediction(adata) == ("stai_prediction", None)
     adata.obs["stai_confidence"] = 1.0
     assert _keys.find_prediction(adata.obs, "stai") == ("stai_prediction", "stai_confidence")
+
+
+# ------------------------------------------------------------------ multi-omics
+PROTEINS = ["CD3", "CD4", "CD19"]
+
+
+@pytest.fixture
+def predicted() -> tuple[AnnData, pd.DataFrame, AnnData]:
+    """RNA cells with a predicted protein panel, the measured CLR values and the counts."""
+    rng = np.random.default_rng(1)
+    n_obs = 60
+    names = [f"c{i}" for i in range(n_obs)]
+    counts = rng.poisson(rng.gamma(2.0, 10.0, (n_obs, len(PROTEINS)))).astype(np.float32)
+    g = np.exp(np.log1p(counts).mean(1, keepdims=True))
+    clr = np.log1p(counts / g)
+    rna = AnnData(np.zeros((n_obs, 2), dtype=np.float32), obs=pd.DataFrame(index=names))
+    noisy = clr + rng.normal(0.0, [0.05, 0.5, 2.0], clr.shape)  # r falls from CD3 to CD19
+    rna.obsm["scmognn_adt"] = pd.DataFrame(noisy, index=names, columns=PROTEINS)
+    _record(rna, "predict_modality", "scmognn_adt", "scmognn", target_kind="protein")
+    adt = AnnData(counts, obs=pd.DataFrame(index=names), var=pd.DataFrame(index=PROTEINS))
+    measured = pd.DataFrame(clr, index=names, columns=PROTEINS)
+    return rna, measured, adt
+
+
+def _title_r(ax) -> float:
+    return float(ax.get_title().split("Pearson r = ")[1])
+
+
+def test_predicted_modality_one_panel_per_feature_with_pearson(predicted):
+    rna, measured, _ = predicted
+    fig = pl.predicted_modality(rna, measured, ncols=2, show=False)
+    visible = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(visible) == 3 and len(fig.axes) == 4  # 2 x 2 grid, the last one hidden
+    pred = rna.obsm["scmognn_adt"]
+    for ax, protein in zip(visible, PROTEINS, strict=True):
+        assert ax.get_title().startswith(protein)
+        expected = np.corrcoef(measured[protein], pred[protein])[0, 1]
+        assert _title_r(ax) == pytest.approx(expected, abs=1e-3)
+        xy = ax.collections[0].get_offsets()
+        np.testing.assert_allclose(xy[:, 0], measured[protein], rtol=1e-6)
+        np.testing.assert_allclose(xy[:, 1], pred[protein], rtol=1e-6)
+    assert _title_r(visible[0]) > _title_r(visible[1]) > _title_r(visible[2])
+
+
+def test_predicted_modality_normalises_measured_counts_like_the_prediction(predicted):
+    rna, measured, adt = predicted
+    # the AnnData of counts is CLR-normalised (the recorded target kind) and reordered by name
+    fig = pl.predicted_modality(rna, adt[::-1].copy(), features=["CD19", "CD3"], show=False)
+    assert [ax.get_title().split("\n")[0] for ax in fig.axes] == ["CD19", "CD3"]
+    xy = fig.axes[1].collections[0].get_offsets()
+    np.testing.assert_allclose(xy[:, 0], measured["CD3"], rtol=1e-5)
+    # another normalisation changes the measured axis
+    fig = pl.predicted_modality(rna, adt, features=["CD3"], target_kind="rna", show=False)
+    assert not np.allclose(fig.axes[0].collections[0].get_offsets()[:, 0], measured["CD3"])
+
+
+def test_predicted_modality_errors(predicted):
+    rna, measured, adt = predicted
+    with pytest.raises(KeyError, match="CD8"):
+        pl.predicted_modality(rna, measured, features=["CD8"], show=False)
+    with pytest.raises(KeyError, match="obsm has no key 'other'"):
+        pl.predicted_modality(rna, measured, key="other", show=False)
+    with pytest.raises(ValueError, match="rows"):
+        pl.predicted_modality(rna, measured.iloc[:10], show=False)
+    with pytest.raises(KeyError, match="lacks 50 of the 60"):
+        pl.predicted_modality(rna, adt[:10].copy(), show=False)
+    empty = AnnData(np.zeros((3, 1), dtype=np.float32))
+    with pytest.raises(KeyError, match="no predict_modality run"):
+        pl.predicted_modality(empty, measured, show=False)
+
+
+def _matching(n: int = 40) -> tuple[AnnData, sp.csr_matrix]:
+    rng = np.random.default_rng(2)
+    P = rng.random((n, n)) ** 8
+    P[np.arange(n), np.arange(n)] += np.linspace(0.0, 5.0, n)  # later cells matched better
+    P /= P.sum(1, keepdims=True)
+    adata = AnnData(np.zeros((n, 1), dtype=np.float32))
+    adata.obs["cell_type"] = np.where(np.arange(n) < n // 2, "early", "late")
+    adata.obsm["scmognn_matching"] = sp.csr_matrix(P)
+    _record(adata, "match_modalities", "scmognn_matching", "scmognn")
+    return adata, sp.csr_matrix(P)
+
+
+def test_matching_histogram_and_score():
+    adata, P = _matching()
+    fig = pl.matching(adata, show=False)
+    ax = fig.axes[0]
+    heights = np.array([patch.get_height() for patch in ax.patches])
+    assert heights.sum() == adata.n_obs
+    expected = np.histogram(P.diagonal(), bins=np.linspace(0, 1, 21))[0]
+    np.testing.assert_array_equal(heights, expected)
+    score = metrics.matching_score(P, np.arange(adata.n_obs))
+    assert f"matching score {score:.4f}" in ax.get_title()
+    assert "chance 0.0250" in ax.get_title()
+
+
+def test_matching_groupby_bars_and_partner_order():
+    adata, P = _matching()
+    fig = pl.matching(adata, groupby="cell_type", show=False)
+    bars = {
+        t.get_text(): p.get_height()
+        for t, p in zip(fig.axes[0].get_xticklabels(), fig.axes[0].patches, strict=True)
+    }
+    diag = P.diagonal()
+    assert bars["late"] == pytest.approx(diag[20:].mean())
+    assert bars["early"] == pytest.approx(diag[:20].mean())
+    assert list(bars) == ["late", "early"]  # best group first
+    # a shuffled partner order: the probability of column truth[i]
+    truth = np.roll(np.arange(adata.n_obs), 1)
+    fig = pl.matching(adata, truth=truth, show=False)
+    score = metrics.matching_score(P, truth)
+    assert f"matching score {score:.4f}" in fig.axes[0].get_title()
+
+
+def test_matching_errors():
+    adata, _ = _matching()
+    with pytest.raises(KeyError, match="groupby='nope'"):
+        pl.matching(adata, groupby="nope", show=False)
+    with pytest.raises(ValueError, match="entries"):
+        pl.matching(adata, truth=np.arange(5), show=False)
+    adata.obsm["wide"] = sp.csr_matrix((adata.n_obs, adata.n_obs + 1))
+    with pytest.raises(ValueError, match="pass `truth`"):
+        pl.matching(adata, key="wide", show=False)

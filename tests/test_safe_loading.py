@@ -36,7 +36,16 @@ from scfound.models.base import ModelFileError
 from scfound.models.cellplm import export_authors_checkpoint
 
 SRC = Path(sf.__file__).parent
-MODEL_CLASSES = (sf.SpaFormer, sf.CellPLM, sf.STAI, sf.ScMoGNN, sf.SAILER)
+MODEL_CLASSES = (
+    sf.SpaFormer,
+    sf.CellPLM,
+    sf.STAI,
+    sf.ScMoGNN,
+    sf.SAILER,
+    sf.ExpressionTransformer,
+    sf.ScMoFormer,
+    sf.SAILERX,
+)
 
 
 # --------------------------------------------------------------------------- crafted files
@@ -131,6 +140,23 @@ def _sailer_data() -> tuple[AnnData, ...]:
     return (atac,)
 
 
+def _sailerx_data() -> tuple[MuData, ...]:
+    atac = _counts(60, [f"chr{1 + i % 2}:{100 * i}-{100 * i + 50}" for i in range(20)], seed=6)
+    rna = _counts(60, [f"gene_{i}" for i in range(12)], seed=7)
+    rna.obs_names = atac.obs_names
+    atac.layers["counts"], rna.layers["counts"] = atac.X.copy(), rna.X.copy()
+    return (MuData({"atac": atac, "rna": rna}),)
+
+
+def _exprformer_data() -> tuple[AnnData, ...]:
+    rna = _counts(40, [f"gene_{i}" for i in range(15)], seed=5)
+    counts = rna.X.toarray()
+    counts[:, 0] += 1  # every cell has a non-zero gene
+    rna.X = sp.csr_matrix(counts)
+    rna.layers["counts"] = rna.X.copy()
+    return (rna,)
+
+
 def _build(cls: type, data: tuple[AnnData, ...], small: bool = True) -> BaseModelClass:
     """An untrained model of ``cls`` on ``data`` (set up here); ``small=False``: other shapes."""
     if cls is sf.SpaFormer:
@@ -140,9 +166,22 @@ def _build(cls: type, data: tuple[AnnData, ...], small: bool = True) -> BaseMode
         modalities = {"rna_layer": "rna", "protein_layer": "adt"}
         cls.setup_mudata(data[0], rna_layer="counts", protein_layer="counts", modalities=modalities)
         return cls(data[0], n_hidden=16 if small else 32, n_layers=1, n_cell_features=4)
+    if cls is sf.ScMoFormer:
+        modalities = {"rna_layer": "rna", "protein_layer": "adt"}
+        cls.setup_mudata(data[0], rna_layer="counts", protein_layer="counts", modalities=modalities)
+        symbols = {f"prot_{i}": f"gene_{i}" for i in range(4)}
+        hidden = 16 if small else 32
+        return cls(data[0], n_hidden=hidden, n_heads=2, n_layers=1, protein_symbols=symbols)
     if cls is sf.SAILER:
         cls.setup_anndata(data[0], layer="counts", batch_key="batch")
         return cls(data[0], n_hidden=(16,) if small else (32,), n_latent=4)
+    if cls is sf.SAILERX:
+        modalities = {"atac": "atac", "rna": "rna"}
+        cls.setup_mudata(data[0], atac_layer="counts", rna_layer="counts", modalities=modalities)
+        return cls(data[0], n_hidden=(8, 4) if small else (16, 4), n_latent=4, n_rna_pcs=5)
+    if cls is sf.ExpressionTransformer:
+        cls.setup_anndata(data[0], layer="counts")
+        return cls(data[0], n_hidden=16 if small else 32, n_layers=1)
     if cls is sf.CellPLM:
         cls.setup_anndata(data[0], group_key="sample", dataset_key="dataset", spatial_key="spatial")
         hidden = 16 if small else 32
@@ -158,6 +197,9 @@ DATA: dict[type, Callable[[], tuple[AnnData, ...]]] = {
     sf.STAI: _stai_data,
     sf.ScMoGNN: _scmognn_data,
     sf.SAILER: _sailer_data,
+    sf.ExpressionTransformer: _exprformer_data,
+    sf.ScMoFormer: _scmognn_data,
+    sf.SAILERX: _sailerx_data,
 }
 
 
@@ -459,8 +501,8 @@ def _corrupt(kind: str, cls: type, saved: dict[str, Path], root: Path) -> tuple[
         meta.unlink()
         return folder, "no model.json"
     if kind == "empty_folder":
-        meta.unlink()
-        weights.unlink()
+        for path in folder.iterdir():  # model.json, model.pt and any extra file (a vocabulary)
+            path.unlink()
         return folder, "no model.json .*empty"
     if kind == "wrong_shapes":  # weights of a wider model of the same class
         shutil.copy(saved["wide"] / "model.pt", weights)
@@ -542,16 +584,22 @@ def test_registry_and_setup_args_are_read_from_json(cls, saved, capsys, no_unsaf
         assert set(registry) == {"spatial", "reference"}
         assert registry["reference"]["setup_args"]["labels_key"] == "cell_type"
         assert "spatial AnnData" in printed and "reference AnnData" in printed
-    elif cls is sf.ScMoGNN:
+    elif cls in (sf.ScMoGNN, sf.ScMoFormer):
         assert registry["model_name"] == cls.__name__
         assert registry["setup_args"]["modalities"]["protein_layer"] == "adt"
+    elif cls is sf.SAILERX:
+        assert registry["model_name"] == cls.__name__
+        assert registry["setup_args"]["modalities"] == {"atac": "atac", "rna": "rna"}
     elif cls is sf.SAILER:
         assert registry["model_name"] == cls.__name__
         assert registry["setup_args"]["batch_key"] == "batch"
+    elif cls is sf.ExpressionTransformer:
+        assert registry["model_name"] == cls.__name__
+        assert registry["setup_args"]["layer"] == "counts"
     else:
         assert registry["model_name"] == cls.__name__
         assert registry["setup_args"]["group_key"] in ("fov", "sample")
-    setup = "setup_mudata" if cls is sf.ScMoGNN else "setup_anndata"
+    setup = "setup_mudata" if cls in (sf.ScMoGNN, sf.ScMoFormer, sf.SAILERX) else "setup_anndata"
     assert f"{cls.__name__}.{setup}" in printed
     with pytest.raises(ValueError, match="without a file prefix"):
         cls.load_registry(str(saved[cls]["ok"]), prefix="x_")

@@ -1,5 +1,12 @@
 """SAILER: setup checks, loss terms, training, invariant imputation, save/load, tl, simulator."""
 
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
@@ -285,3 +292,116 @@ def test_pseudobulk_profiles_average_accessibility_per_type():
     truth = atac.varm["bulk"].loc[profiles.columns, profiles.index].T.to_numpy()
     corr = np.corrcoef(profiles.to_numpy(), truth)[:6, 6:]
     np.testing.assert_array_equal(corr.argmax(1), np.arange(6))
+
+
+# ------------------------------------------------------------------ atlas scale
+def _spy_reads(monkeypatch, X):
+    """Record how many rows every read of the on-disk matrix ``X`` returns."""
+    reads: list[int] = []
+    cls = type(X)
+    original = cls.__getitem__
+
+    def spy(self, index):
+        out = original(self, index)
+        reads.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(cls, "__getitem__", spy)
+    return reads
+
+
+@pytest.mark.filterwarnings("ignore:Writing zarr v2 data:UserWarning")
+@pytest.mark.parametrize("store", ["h5ad", "zarr"])
+def test_training_streams_from_disk_without_loading_the_matrix(store, tmp_path, monkeypatch):
+    from scfound.models.sailer import _model
+
+    atac = _atac(n_cells=260)
+    del atac.layers["counts"]  # X holds the counts: backed mode keeps only X on disk
+    if store == "h5ad":
+        atac.write_h5ad(tmp_path / "atac.h5ad")
+        disk = ad.read_h5ad(tmp_path / "atac.h5ad", backed="r")
+    else:
+        import zarr
+
+        atac.write_zarr(tmp_path / "atac.zarr")
+        group = zarr.open_group(tmp_path / "atac.zarr", mode="r")
+        disk = ad.AnnData(
+            X=ad.io.sparse_dataset(group["X"]),
+            obs=ad.io.read_elem(group["obs"]),
+            var=ad.io.read_elem(group["var"]),
+        )
+    sf.SAILER.setup_anndata(disk, batch_key="batch")
+    monkeypatch.setattr(_model, "_BLOCK", 50)  # statistics in blocks of 50 rows
+    reads = _spy_reads(monkeypatch, disk.X)
+    model = sf.SAILER(disk, **TINY)
+    model.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    z_disk = model.get_latent_representation(batch_size=40)
+    # every read of the matrix is one block or one mini-batch, never the whole matrix
+    assert reads and max(reads) <= 50 < disk.n_obs
+    assert sum(reads) >= 2 * 0.9 * disk.n_obs  # two epochs of training rows were read
+    assert type(disk.X).__name__ == "_CSRDataset"
+    assert store == "zarr" or disk.isbacked
+    assert z_disk.shape == (disk.n_obs, 4) and np.isfinite(z_disk).all()
+    # the same weights give the same embedding from the in-memory copy
+    memory = atac.copy()
+    sf.SAILER.setup_anndata(memory, batch_key="batch")
+    np.testing.assert_allclose(model.get_latent_representation(memory), z_disk, atol=1e-5)
+    # and a model trained in memory gives an embedding of the same shape
+    in_memory = sf.SAILER(memory, **TINY)
+    in_memory.train(max_epochs=2, batch_size=32, enable_progress_bar=False)
+    assert in_memory.get_latent_representation().shape == z_disk.shape
+
+
+DDP_SCRIPT = """
+import os
+import sys
+
+import anndata as ad
+import numpy as np
+import torch
+
+import scfound as sf
+
+torch.set_num_threads(1)
+adata = ad.read_h5ad(sys.argv[1], backed="r")
+sf.SAILER.setup_anndata(adata, batch_key="batch")
+torch.manual_seed(0)
+model = sf.SAILER(adata, n_hidden=(32, 16), n_latent=4)
+model.train(
+    max_epochs=2, batch_size=32, accelerator="cpu", devices=2, strategy="ddp",
+    enable_progress_bar=False,
+)
+rank = os.environ.get("LOCAL_RANK", "0")
+z = model.get_latent_representation()
+epochs = len(model.history["train_loss"]) if rank == "0" else "-"  # rank 0 logs
+sys.stdout.write(
+    f"RANK {rank} epochs {epochs} finite {np.isfinite(z).all()} sum {z.sum():.5f}\\n"
+)
+sys.stdout.flush()
+"""
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_on_a_backed_file(tmp_path):
+    atac = _atac(n_cells=256)
+    del atac.layers["counts"]
+    atac.write_h5ad(tmp_path / "atac.h5ad")
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(DDP_SCRIPT))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "atac.h5ad")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    # the two ranks print concurrently into one pipe, so their lines may interleave
+    reports = re.findall(r"RANK (\d) epochs (\S+) finite (True|False) sum (\S+)", res.stdout)
+    assert sorted(rank for rank, *_ in reports) == ["0", "1"], res.stdout
+    assert all(finite == "True" for _, _, finite, _ in reports)
+    assert ("0", "2") in [(rank, epochs) for rank, epochs, *_ in reports]
+    # gradients were averaged across the processes: both hold the same weights
+    assert reports[0][3] == reports[1][3]
+    assert "Starting with 2 processes" in res.stdout + res.stderr

@@ -247,6 +247,73 @@ def test_other_directions(source, target):
     assert record["source_kind"] == {"adt": "protein"}.get(source, source)
 
 
+def test_training_steps_are_sampled_subgraphs_of_the_batch(monkeypatch):
+    """Each training step builds the graph of its minibatch only, never of all cells."""
+    mdata = synthetic_cite(200)
+    ScMoGNN.setup_mudata(mdata, rna_layer="counts", protein_layer="counts", modalities=MODALITIES)
+    model = ScMoGNN(mdata, **TINY)
+    sizes = []
+    propagate = model.module.propagate
+
+    def recording(index, value, n_cells, cell_features=None):
+        sizes.append((n_cells, int(index[0].max()) + 1))
+        return propagate(index, value, n_cells, cell_features)
+
+    monkeypatch.setattr(model.module, "propagate", recording)
+    model.train(max_epochs=2, batch_size=32, train_size=0.8, enable_progress_bar=False)
+    n_train = 160
+    assert len(sizes) >= 2 * -(-n_train // 32)  # one graph per step (and validation steps)
+    assert max(n for n, _ in sizes) <= 32
+    assert all(top <= n for n, top in sizes)
+
+
+def test_reference_feature_states_in_chunks_equal_the_full_graph():
+    """The chunked pass over the reference (inference) gives the full graph's feature states."""
+    mdata = synthetic_cite(150)
+    ScMoGNN.setup_mudata(mdata, rna_layer="counts", protein_layer="counts", modalities=MODALITIES)
+    module = ScMoGNN(mdata, n_hidden=16, n_layers=3).module.eval()
+    X = sp.csr_matrix(mdata.mod["rna"].layers["counts"])
+    x = torch.as_tensor(X.toarray())
+    with torch.no_grad():
+        index, value = module.edges(x)
+        _, full = module.propagate(index, value, len(x), module.cell_features(x))
+        chunked = module.propagate_in_chunks(
+            lambda: (torch.as_tensor(X[s : s + 40].toarray()) for s in range(0, X.shape[0], 40))
+        )
+    assert len(chunked) == 3
+    for a, b in zip(full, chunked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    # the states are means over all the cells: leaving cells out changes them
+    with torch.no_grad():
+        partial = module.propagate_in_chunks(lambda: iter([x[:100]]))
+    assert not torch.allclose(partial[1], full[1], atol=1e-4)
+
+
+def test_synthetic_multiome_pairs_two_predictable_modalities():
+    cite = sf.datasets.synthetic_multiome(300, 50, 8, kind="protein", n_batches=2, seed=3)
+    assert set(cite.mod) == {"rna", "adt"} and cite.mod["adt"].shape == (300, 8)
+    assert (cite.mod["rna"].obs_names == cite.mod["adt"].obs_names).all()
+    assert set(cite.obs["batch"]) == {"b0", "b1"} and cite.obs["cell_type"].nunique() > 1
+    rna = cite.mod["rna"].layers["counts"]
+    assert sp.issparse(rna) and np.allclose(rna.data, np.round(rna.data)) and rna.min() >= 0
+    again = sf.datasets.synthetic_multiome(300, 50, 8, kind="protein", n_batches=2, seed=3)
+    assert (again.mod["rna"].X != cite.mod["rna"].X).nnz == 0
+    # the proteins follow the cell types: type means differ far more than within-type noise
+    clr = _clr(cite.mod["adt"])
+    types = cite.obs["cell_type"].to_numpy()
+    means = pd.DataFrame(clr).groupby(types).mean()
+    assert means.var(0).mean() > 0.1 * clr.var(0).mean()
+    multiome = sf.datasets.synthetic_multiome(200, 30, 400, kind="atac", n_types=4, seed=0)
+    peaks = multiome.mod["atac"].layers["counts"]
+    assert sp.issparse(peaks) and set(np.unique(peaks.data)) <= {1.0, 2.0}
+    open_frac = pd.DataFrame((peaks > 0).toarray()).groupby(multiome.obs["cell_type"].to_numpy())
+    assert open_frac.mean().to_numpy().max() > 3 * open_frac.mean().to_numpy().min()
+    with pytest.raises(ValueError, match="kind"):
+        sf.datasets.synthetic_multiome(10, 5, 2, kind="rna")
+    with pytest.raises(ValueError, match="n_cells"):
+        sf.datasets.synthetic_multiome(0, 5, 2)
+
+
 # ------------------------------------------------------------------ tl verb and metrics
 def test_predict_modality_writes_only_its_keys(trained):
     reference, query, _ = trained

@@ -16,12 +16,24 @@ CELLPLM = {"n_hidden": 16, "n_heads": 2, "n_layers": 2, "n_latent": 8, "n_decode
 STAI = {"n_folds": 2, "mmd_cells": 64}
 SCMOGNN = {"n_hidden": 8, "n_layers": 2}
 SAILER = {"n_hidden": (16, 8), "n_latent": 4}
+SAILERX = {"n_hidden": (8, 4), "n_latent": 4, "n_rna_pcs": 4}
+SCMOFORMER = {
+    "n_hidden": 8,
+    "n_heads": 2,
+    "n_layers": 1,
+    "n_cell_features": 4,
+    "protein_symbols": {"gene_20": "gene_0"},
+}
+EXPRFORMER = {"n_hidden": 16, "n_layers": 1}
 TINY = {
     "spaformer": SPAFORMER,
     "cellplm": CELLPLM,
     "stai": STAI,
     "scmognn": SCMOGNN,
     "sailer": SAILER,
+    "sailerx": SAILERX,
+    "exprformer": EXPRFORMER,
+    "scmoformer": SCMOFORMER,
 }
 FAST = {"model_kwargs": SPAFORMER, "max_epochs": 2}
 
@@ -32,6 +44,9 @@ SUPPORT = {
     "stai": {"impute", "annotate"},
     "scmognn": {"predict_modality", "embed", "match_modalities"},
     "sailer": {"embed", "denoise"},
+    "sailerx": {"embed"},
+    "exprformer": {"embed", "denoise", "embed_genes"},
+    "scmoformer": {"predict_modality"},
 }
 
 
@@ -42,6 +57,8 @@ def _documented(verb, method):
         return {where: {f"{method}_imputed"}}
     if verb == "embed":
         return {"obsm": {f"X_{method}"}}
+    if verb == "embed_genes":
+        return {"varm": {f"X_{method}"}}
     if verb == "denoise":
         return {"layers": {f"{method}_denoised"}}
     if verb == "predict_modality":
@@ -73,6 +90,7 @@ def _snapshot(adata):
         "var": adata.var.copy(),
         "obsm": {k: np.asarray(v).copy() for k, v in adata.obsm.items()},
         "layers": {k: np.asarray(v).copy() for k, v in adata.layers.items()},
+        "varm": set(adata.varm),
         "X": np.asarray(adata.X).copy(),
         "uns": set(adata.uns),
     }
@@ -123,6 +141,15 @@ def test_every_verb_and_method_writes_exactly_its_keys(verb, method, halves):
             set(m.obsm) == {"spatial"} and "scfound" not in m.uns for m in mdata.mod.values()
         )
         return
+    if (verb, method) == ("embed", "sailerx"):  # paired RNA + ATAC: of a MuData, into its obsm
+        mdata = MuData({"atac": query[:, :10].copy(), "rna": query[:, 10:].copy()})
+        kwargs = {"layer": "counts", "max_epochs": 1, "model_kwargs": SAILERX, "chrom_key": None}
+        had = set(mdata.obsm)
+        assert sf.tl.embed(mdata, method, **kwargs) is None
+        assert set(mdata.obsm) - had == {"X_sailerx"}
+        assert mdata.obsm["X_sailerx"].shape == (mdata.n_obs, SAILERX["n_latent"])
+        assert all("scfound" not in m.uns and "X_sailerx" not in m.obsm for m in mdata.mod.values())
+        return
     if verb not in SUPPORT[method]:
         with pytest.raises(ValueError, match=f"method '{method}' does not support tl.{verb}"):
             _call(verb, method, query, reference)
@@ -135,6 +162,7 @@ def test_every_verb_and_method_writes_exactly_its_keys(verb, method, halves):
     assert new_obs == documented.get("obs", set())
     assert set(after["obsm"]) - set(before["obsm"]) == documented.get("obsm", set())
     assert set(after["layers"]) - set(before["layers"]) == documented.get("layers", set())
+    assert after["varm"] - before["varm"] == documented.get("varm", set())
     assert after["uns"] == before["uns"] | {"scfound"}
     # nothing the user had is changed
     pd.testing.assert_frame_equal(after["obs"][before["obs"].columns], before["obs"])
@@ -150,7 +178,7 @@ def test_every_verb_and_method_writes_exactly_its_keys(verb, method, halves):
     key = (
         method
         if verb in ("annotate", "match_modalities")
-        else next(iter(documented.get("obsm", set()) | documented.get("layers", set())))
+        else next(iter(set().union(*documented.values())))
     )
     if verb == "annotate":
         probs = query.obsm[f"{method}_probabilities"]

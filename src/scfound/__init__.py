@@ -4,7 +4,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import datasets, metrics, pl, pp, tl
 from ._settings import settings
-from .models import SAILER, STAI, CellPLM, ScMoGNN, SpaFormer
+from .models import (
+    SAILER,
+    SAILERX,
+    STAI,
+    CellPLM,
+    ExpressionTransformer,
+    ScMoFormer,
+    ScMoGNN,
+    SpaFormer,
+)
 
 try:
     __version__ = version("scfound")
@@ -13,8 +22,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "SAILER",
+    "SAILERX",
     "STAI",
     "CellPLM",
+    "ExpressionTransformer",
+    "ScMoFormer",
     "ScMoGNN",
     "SpaFormer",
     "datasets",

@@ -15,15 +15,17 @@ def clustering_scores(
     X: np.ndarray | sp.spmatrix,
     labels: Sequence | np.ndarray | pd.Series,
     *,
-    n_pcs: int = 10,
+    n_pcs: int | None = 10,
     resolutions: Sequence[float] | np.ndarray | None = None,
     n_neighbors: int = 15,
     seed: int = 0,
+    at_n_labels: bool = False,
 ) -> dict[str, float | int]:
     """Best agreement of Leiden clusters of ``X`` with known labels, over a resolution grid.
 
-    ``X`` (e.g. a log-normalised imputed matrix or an embedding) is reduced by PCA, a kNN graph
-    is built on the PCs (:func:`scanpy.pp.neighbors`), and Leiden clustering
+    ``X`` (e.g. a log-normalised imputed matrix or an embedding) is reduced by PCA (or used
+    directly, ``n_pcs=None``), a kNN graph is built on it (:func:`scanpy.pp.neighbors`), and
+    Leiden clustering
     (:func:`scanpy.tl.leiden`, igraph flavour, 2 iterations, undirected) is run at every
     resolution. The resolution with the best adjusted Rand index is reported. The inputs are
     not modified.
@@ -35,19 +37,25 @@ def clustering_scores(
     labels
         Known labels, one per cell.
     n_pcs
-        Number of principal components, capped at ``min(n_obs, n_vars) - 1``.
+        Number of principal components, capped at ``min(n_obs, n_vars) - 1``; ``None`` builds
+        the graph on ``X`` itself (an embedding, clustered as users cluster it).
     resolutions
         Leiden resolutions to try; default ``0.1, 0.2, ..., 2.0``.
     n_neighbors
         Neighbours of the kNN graph, capped at ``n_obs - 1``.
     seed
         Random seed of PCA, the graph and Leiden.
+    at_n_labels
+        Also report the scores at the resolution whose number of clusters is closest to the
+        number of distinct labels (ties: the better ARI), which needs no knowledge of the
+        labels beyond their number.
 
     Returns
     -------
     Dictionary with ``'ari'`` and ``'nmi'`` (:func:`sklearn.metrics.adjusted_rand_score`,
     :func:`sklearn.metrics.normalized_mutual_info_score`) at the best resolution,
-    ``'resolution'`` and ``'n_clusters'`` found there.
+    ``'resolution'`` and ``'n_clusters'`` found there; with ``at_n_labels``, also
+    ``'ari_at_k'``, ``'nmi_at_k'`` and ``'n_clusters_at_k'``.
 
     Examples
     --------
@@ -79,18 +87,29 @@ def clustering_scores(
     resolutions = np.atleast_1d(np.asarray(resolutions, dtype=float))
     if resolutions.size == 0 or not np.all(resolutions > 0):
         raise ValueError(f"`resolutions` must be non-empty and positive, got {resolutions!r}.")
-    if n_pcs < 1 or n_neighbors < 1:
+    if (n_pcs is not None and n_pcs < 1) or n_neighbors < 1:
         raise ValueError(f"`n_pcs` and `n_neighbors` must be positive, got {n_pcs}, {n_neighbors}.")
 
     data = sp.csr_matrix(X, dtype=np.float64) if sp.issparse(X) else np.array(X, np.float64)
     tmp = AnnData(X=data)
-    n_comps = min(n_pcs, min(n_obs, n_vars) - 1)
-    sc.pp.pca(tmp, n_comps=n_comps, random_state=seed)
+    if n_pcs is None:
+        use_rep = "X"
+    else:
+        sc.pp.pca(tmp, n_comps=min(n_pcs, min(n_obs, n_vars) - 1), random_state=seed)
+        use_rep = "X_pca"
+    # exact neighbours (scanpy's choice below 4,096 cells anyway); its approximate path for
+    # more cells fails with scipy >= 1.15 sparse arrays (``csr_array`` has no ``getnnz``)
     sc.pp.neighbors(
-        tmp, n_neighbors=min(n_neighbors, n_obs - 1), use_rep="X_pca", random_state=seed
+        tmp,
+        n_neighbors=min(n_neighbors, n_obs - 1),
+        use_rep=use_rep,
+        random_state=seed,
+        transformer="sklearn",
     )
 
+    n_labels = len(pd.unique(labels))
     best: dict[str, float | int] | None = None
+    at_k: tuple | None = None
     for resolution in resolutions:
         sc.tl.leiden(
             tmp,
@@ -103,11 +122,14 @@ def clustering_scores(
         )
         clusters = tmp.obs["_leiden"].to_numpy()
         ari = float(adjusted_rand_score(labels, clusters))
+        n_clusters = len(np.unique(clusters))
+        nmi = float(normalized_mutual_info_score(labels, clusters))
         if best is None or ari > best["ari"]:
-            best = {
-                "ari": ari,
-                "nmi": float(normalized_mutual_info_score(labels, clusters)),
-                "resolution": float(resolution),
-                "n_clusters": len(np.unique(clusters)),
-            }
+            best = {"ari": ari, "nmi": nmi, "resolution": float(resolution)}
+            best["n_clusters"] = n_clusters
+        key = (abs(n_clusters - n_labels), -ari)
+        if at_k is None or key < at_k[0]:
+            at_k = (key, ari, nmi, n_clusters)
+    if at_n_labels:
+        best.update({"ari_at_k": at_k[1], "nmi_at_k": at_k[2], "n_clusters_at_k": at_k[3]})
     return best

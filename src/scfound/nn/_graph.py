@@ -250,7 +250,9 @@ def random_walk_pe(edge_index: np.ndarray, n: int, k: int = 16) -> np.ndarray:
     """RWPE: random-walk return probabilities ``[RW_ii, ..., RW^k_ii]``, ``RW = A D^-1``.
 
     Computed with sparse matrix products, ``O(k * n_edges * n)`` at worst for dense powers; uses the
-    diagonal of successive powers of the sparse walk matrix.
+    diagonal of successive powers of the sparse walk matrix. Once a power fills more than 5 % of
+    its entries (a graph with short paths between most nodes, e.g. a gene co-expression graph),
+    the remaining powers are applied to blocks of its columns as dense arrays instead.
     """
     a = _adjacency(edge_index, n)
     deg = np.asarray(a.sum(0)).ravel()
@@ -259,10 +261,20 @@ def random_walk_pe(edge_index: np.ndarray, n: int, k: int = 16) -> np.ndarray:
     power = rw.copy()
     for step in range(k):
         out[:, step] = power.diagonal()
-        if step + 1 < k:
-            power = (power @ rw).tocsr()
-            power.data[power.data < 1e-8] = 0.0
-            power.eliminate_zeros()
+        if step + 1 == k:
+            break
+        if power.nnz > 0.05 * n * n:
+            block = max(1, min(n, 2**24 // max(n, 1)))
+            for start in range(0, n, block):
+                cols = np.arange(start, min(start + block, n))
+                columns = power[:, cols].toarray()
+                for later in range(step + 1, k):
+                    columns = rw @ columns
+                    out[cols, later] = columns[cols, np.arange(len(cols))]
+            break
+        power = (power @ rw).tocsr()
+        power.data[power.data < 1e-8] = 0.0
+        power.eliminate_zeros()
     return out
 
 

@@ -8,6 +8,7 @@ run in ``uns["scfound"][verb][key_added]``.
 from ._annotate import annotate
 from ._denoise import denoise
 from ._embed import embed
+from ._embed_genes import embed_genes
 from ._impute import impute
 from ._imputed_anndata import imputed_anndata
 from ._match_modalities import match_modalities
@@ -17,6 +18,7 @@ __all__ = [
     "annotate",
     "denoise",
     "embed",
+    "embed_genes",
     "impute",
     "imputed_anndata",
     "match_modalities",

@@ -144,12 +144,15 @@ def match_modalities(
     check_writable(data, "match_modalities", prefix, places, {"layer": layer})
     check_cells_and_genes(data)
     check_cells_and_genes(other, "other")
-    check_counts(other, other_layer, "ScMoGNN", "other")
+    check_counts(other, other_layer, f"method={method!r}", "other")
     if model is None:
-        check_counts(data, layer, "ScMoGNN")
+        check_counts(data, layer, f"method={method!r}")
         for name in (source, target):
             check_counts(
-                reference.mod[name], reference_layer, "ScMoGNN", f"reference.mod[{name!r}]"
+                reference.mod[name],
+                reference_layer,
+                f"method={method!r}",
+                f"reference.mod[{name!r}]",
             )
     inputs = Inputs(
         adata=data,

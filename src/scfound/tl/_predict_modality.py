@@ -118,10 +118,13 @@ def predict_modality(
     check_writable(query, "predict_modality", key_added, [("obsm", key_added)], {"layer": layer})
     check_cells_and_genes(query)
     if model is None:
-        check_counts(query, layer, "ScMoGNN")
+        check_counts(query, layer, f"method={method!r}")
         for name in (source, target):
             check_counts(
-                reference.mod[name], reference_layer, "ScMoGNN", f"reference.mod[{name!r}]"
+                reference.mod[name],
+                reference_layer,
+                f"method={method!r}",
+                f"reference.mod[{name!r}]",
             )
     inputs = Inputs(
         adata=query,

@@ -187,8 +187,11 @@ def _check_modalities(
     return {arg: modalities.get(arg) for arg in setup_args}
 
 
-def _check_alignment(mdata: MuData, used: Sequence[str]) -> None:
-    """Every modality holds the same cells; the ones used are in ``mdata.obs_names`` order."""
+def _check_alignment(mdata: MuData, used: Sequence[str], partial: Sequence[str] = ()) -> None:
+    """Every modality holds the same cells; the ones used are in ``mdata.obs_names`` order.
+
+    Modalities named in ``partial`` may hold a subset of the cells (in any order).
+    """
     if mdata.is_view or any(mdata.mod[m].is_view for m in mdata.mod):
         raise ValueError("mdata is a view (a subset); run `mdata = mdata.copy()` first.")
     if not mdata.obs_names.is_unique:
@@ -197,6 +200,8 @@ def _check_alignment(mdata: MuData, used: Sequence[str]) -> None:
             "(`mdata.obs_names_make_unique()`)."
         )
     for name, mod in mdata.mod.items():
+        if name in partial:
+            continue
         paired = mod.n_obs == mdata.n_obs and mod.obs_names.isin(mdata.obs_names).all()
         if not paired:
             raise ValueError(
@@ -244,6 +249,7 @@ def validate_mudata(
     *,
     required: Sequence[str] = (),
     check_counts: bool = True,
+    partial: Sequence[str] = (),
 ) -> dict[str, str]:
     """Check that ``mdata`` can be registered as ``setup_args`` and ``modalities`` say.
 
@@ -264,6 +270,9 @@ def validate_mudata(
         Modality kinds (keys of :data:`MODALITY_KINDS`) that must be mapped.
     check_counts
         Raise on non-finite or negative values in a registered layer (counts are expected).
+    partial
+        Modalities (not registered) that may hold a subset of the cells, e.g. the RNA of
+        SAILERX's hybrid training.
 
     Returns
     -------
@@ -313,7 +322,7 @@ def validate_mudata(
                 "a modality of its own."
             )
         seen[mod] = name
-    _check_alignment(mdata, [m for m in mods.values() if m is not None])
+    _check_alignment(mdata, [m for m in mods.values() if m is not None], partial)
     for name, mod in registered.items():
         layer = setup_args[MODALITY_KINDS[name].layer_arg]
         bdata = mdata.mod[mod]
@@ -459,6 +468,7 @@ class MuDataSetupMixin:
         extra_fields: Sequence = (),
         protein_batch_mask: bool = True,
         check_counts: bool = True,
+        partial: Sequence[str] = (),
         **kwargs: Any,
     ) -> AnnDataManager:
         """Validate ``mdata``, build the fields, register them and the manager with ``cls``.
@@ -478,7 +488,7 @@ class MuDataSetupMixin:
             after the standard ones.
         protein_batch_mask
             See :func:`build_mudata_fields`.
-        check_counts
+        check_counts, partial
             See :func:`validate_mudata`.
         **kwargs
             Passed to :meth:`~scvi.data.AnnDataManager.register_fields` (``source_registry``
@@ -491,7 +501,14 @@ class MuDataSetupMixin:
         setup_args = setup_method_args["setup_args"]
         if required is None:
             required = cls._required_modalities
-        validate_mudata(mdata, modalities, setup_args, required=required, check_counts=check_counts)
+        validate_mudata(
+            mdata,
+            modalities,
+            setup_args,
+            required=required,
+            check_counts=check_counts,
+            partial=partial,
+        )
         mods = _check_modalities(mdata, modalities, setup_args)
         mudata_fields = build_mudata_fields(
             setup_args, mods, protein_batch_mask=protein_batch_mask

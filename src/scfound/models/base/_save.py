@@ -432,6 +432,11 @@ def check_model_data(adata: Any, name: str = "adata", *, mudata: bool = False) -
         Accept a MuData too (models set up with ``setup_mudata``).
     """
     check_anndata(adata, name, mudata=mudata)
+    if hasattr(adata, "mod"):  # a MuData: a gene and a protein may share a name (CD4)
+        check_cells_and_genes(adata, name, min_obs=2, genes=False)
+        for mod, bdata in adata.mod.items():
+            check_cells_and_genes(bdata, f"{name}.mod[{mod!r}]", min_obs=2)
+        return
     check_cells_and_genes(adata, name, min_obs=2)  # a cell is modelled in the context of others
 
 

@@ -17,6 +17,7 @@ from scvi.data import AnnDataManager
 from scvi.data.fields import CategoricalObsField, LayerField, NumericalJointObsField
 from scvi.dataloaders import DataSplitter
 from scvi.model.base import BaseModelClass
+from scvi.module.base import LossOutput
 from scvi.train import TrainingPlan, TrainRunner
 
 from scfound._utils import check_expression, check_genes_present, get_matrix, layer_name
@@ -90,6 +91,16 @@ class SAILERTrainingPlan(TrainingPlan):
     def kl_weight(self) -> torch.Tensor:
         """``beta`` of the current epoch."""
         return torch.tensor(self.beta(self.current_epoch), device=self.device)
+
+    @torch.no_grad()
+    def compute_and_log_metrics(self, loss_output: LossOutput, metrics: dict, mode: str) -> None:
+        """scvi-tools' metric logging, under ``no_grad`` instead of ``inference_mode``.
+
+        Under DDP, Lightning averages the logged values across processes in place at the end
+        of an epoch, which fails on the inference tensors scvi-tools' version (decorated with
+        ``torch.inference_mode``) logs; the computation is otherwise the same.
+        """
+        TrainingPlan.compute_and_log_metrics.__wrapped__(self, loss_output, metrics, mode)
 
     def configure_optimizers(self):
         """Adam as scvi-tools' plan, with the per-epoch exponential learning-rate decay."""
@@ -284,7 +295,11 @@ class SAILER(SafeSaveMixin, BaseModelClass):
         ----------
         adata
             Cells x peaks; counts (or a binary matrix) in ``layer`` or ``.X``, in memory or
-            backed on disk.
+            on disk: a backed h5ad (``anndata.read_h5ad(path, backed="r")``) or an AnnData
+            whose ``X`` is ``anndata.io.sparse_dataset`` of an h5ad or zarr group. Training then
+            reads one mini-batch of rows per step and the checks read blocks of rows; keep the
+            counts in ``.X`` (``layer=None``), since anndata loads the layers of a backed file
+            into memory.
         layer
             Layer with non-negative integer counts; ``None`` uses ``.X``.
         batch_key
@@ -403,7 +418,9 @@ class SAILER(SafeSaveMixin, BaseModelClass):
             Stop when ``validation_loss`` stops improving (mind that the annealing raises the
             loss at the start of every cycle).
         accelerator, devices, strategy
-            Passed to Lightning (e.g. ``strategy="ddp"`` with several devices).
+            Passed to Lightning (e.g. ``strategy="ddp"`` with several devices); under DDP
+            each process reads its own share of the mini-batches (scvi-tools' distributed
+            sampler), also from a file on disk.
         seed
             Seed of the initial split, the shuffling and the sampling.
         enable_progress_bar

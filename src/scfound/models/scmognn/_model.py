@@ -475,26 +475,24 @@ class ScMoGNN(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
 
     @torch.inference_mode()
     def _reference_features(self) -> list[torch.Tensor]:
-        """Feature inputs of every layer on the graph of all registered (reference) cells."""
+        """Feature inputs of every layer on the graph of all registered (reference) cells.
+
+        Computed chunk by chunk (:meth:`ScMoGNNModule.propagate_in_chunks`), so that memory
+        grows with ``n_cells x n_hidden`` rather than with the edges of all cells.
+        """
         if self._feature_inputs is not None:
             return self._feature_inputs
         module = self.module
         X = self._source_counts(None, None)
-        parts, values, cells = [], [], []
-        for start in range(0, X.shape[0], INFERENCE_BATCH):
-            x = torch.as_tensor(X[start : start + INFERENCE_BATCH].toarray(), device=module.device)
-            index, value = module.edges(x)
-            index[0] += start
-            parts.append(index)
-            values.append(value)
-            cells.append(module.cell_features(x))
+
+        def chunks():
+            for start in range(0, X.shape[0], INFERENCE_BATCH):
+                dense = X[start : start + INFERENCE_BATCH].toarray()
+                yield torch.as_tensor(dense, device=module.device)
+
         module.eval()
-        features = None if cells[0] is None else torch.cat(cells)
-        _, feature_inputs = module.propagate(
-            torch.cat(parts, 1), torch.cat(values), X.shape[0], features
-        )
-        self._feature_inputs = feature_inputs
-        return feature_inputs
+        self._feature_inputs = module.propagate_in_chunks(chunks)
+        return self._feature_inputs
 
     @torch.inference_mode()
     def _infer(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -366,6 +367,56 @@ class ScMoGNNModule(BaseModuleClass):
             h_f = self._activate(m_cell)
             cell_states.append(h_c)
         return cell_states, feature_inputs
+
+    def propagate_in_chunks(self, chunks: Callable[[], Iterable[torch.Tensor]]) -> list:
+        """Feature inputs of every layer on the graph of all cells, one chunk of cells at a time.
+
+        The same values as :meth:`propagate` without edge dropout (evaluation), in memory that
+        grows with the chunk size and ``n_cells x n_hidden``, not with the edges of all cells:
+        a cell's state needs only its own edges and the feature states of the layer before, and
+        a feature's message is a sum over cells, accumulated chunk by chunk and divided by the
+        feature's degree over all cells at the end.
+
+        Parameters
+        ----------
+        chunks
+            Called once per layer (and once more for the initial states); each call yields the
+            ``(n_chunk, n_source)`` source counts of consecutive chunks of cells, the same chunks
+            in the same order every time.
+
+        Returns
+        -------
+        The feature inputs of each layer (see :meth:`propagate`).
+        """
+        f0 = F.leaky_relu(self.feature_embedding.weight)
+        c0 = [self._initial_states(len(x), self.cell_features(x))[1] for x in chunks()]
+        h_c, h_f = list(c0), f0
+        n_features = f0.shape[0]
+        pathway = self._feature_adjacency() if self.has_feature_graph else None
+        feature_inputs = []
+        for layer in range(self.n_layers):
+            x_f = h_f if layer == 0 else torch.cat([h_f, f0], 1)
+            feature_inputs.append(x_f)
+            conv = self.to_feature[layer]
+            total = x_f.new_zeros(n_features, conv.lin_rel.out_features)
+            degree = x_f.new_zeros(n_features)
+            for i, x in enumerate(chunks()):
+                index, value = self.edges(x)
+                x_c = h_c[i] if layer == 0 else torch.cat([h_c[i], c0[i]], 1)
+                graph = bipartite_graph(index, value, len(x), n_features)
+                m_c = self.to_cell[layer](x_f, x_c, graph.to_cell, graph.to_cell_t)
+                h_c[i] = self._activate(self.norm_cell[layer](m_c))
+                # un-normalised feature messages of this chunk: sum_c e_cf (W x_c)
+                weights = torch.sparse_coo_tensor(index.flip(0), value, (n_features, len(x)))
+                total += torch.sparse.mm(weights, x_c @ conv.lin_rel.weight.T)
+                degree += torch.bincount(index[1], minlength=n_features).to(degree.dtype)
+            m_cell = total / degree.clamp_min(1).unsqueeze(1) + conv.lin_rel.bias
+            m_cell = self.norm_feature[layer](m_cell + conv.lin_root(x_f))
+            if pathway is not None:
+                m_path = self.norm_pathway[layer](self.feature_feature[layer](x_f, x_f, *pathway))
+                m_cell = (1 - self.alpha) * m_cell + self.alpha * m_path
+            h_f = self._activate(m_cell)
+        return feature_inputs
 
     def read_features(
         self,

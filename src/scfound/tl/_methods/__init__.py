@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from ._base import VERBS, Inputs, MethodAdapter, Result
 from .cellplm import CellPLMAdapter
+from .exprformer import ExpressionTransformerAdapter
 from .sailer import SAILERAdapter
+from .sailerx import SAILERXAdapter
+from .scmoformer import ScMoFormerAdapter
 from .scmognn import ScMoGNNAdapter
 from .spaformer import SpaFormerAdapter
 from .stai import STAIAdapter
@@ -16,7 +19,16 @@ from .stai import STAIAdapter
 #: every method of the ``tl`` verbs by its ``method=`` name
 ADAPTERS: dict[str, type[MethodAdapter]] = {
     adapter.name: adapter
-    for adapter in (SpaFormerAdapter, CellPLMAdapter, STAIAdapter, ScMoGNNAdapter, SAILERAdapter)
+    for adapter in (
+        SpaFormerAdapter,
+        CellPLMAdapter,
+        STAIAdapter,
+        ScMoGNNAdapter,
+        SAILERAdapter,
+        SAILERXAdapter,
+        ScMoFormerAdapter,
+        ExpressionTransformerAdapter,
+    )
 }
 
 

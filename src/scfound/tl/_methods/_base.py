@@ -22,7 +22,15 @@ from anndata import AnnData
 from scvi.model.base import BaseModelClass
 
 #: the verbs of :mod:`scfound.tl`; an adapter supports those it defines a method for
-VERBS = ("impute", "embed", "annotate", "denoise", "predict_modality", "match_modalities")
+VERBS = (
+    "impute",
+    "embed",
+    "annotate",
+    "denoise",
+    "predict_modality",
+    "match_modalities",
+    "embed_genes",
+)
 
 
 @dataclass

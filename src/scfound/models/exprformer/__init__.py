@@ -1,0 +1,6 @@
+"""ExpressionTransformer model."""
+
+from ._model import ExpressionTransformer
+from ._module import ExpressionTransformerModule
+
+__all__ = ["ExpressionTransformer", "ExpressionTransformerModule"]
