@@ -15,7 +15,14 @@ from scfound._validate import check_anndata, check_cells_and_genes
 
 from ._methods import Result, get_adapter
 from ._methods._base import Inputs
-from ._run import check_counts, check_options, check_writable, summary
+from ._run import (
+    check_counts,
+    check_options,
+    check_paired_reference,
+    check_reference_counts,
+    check_writable,
+    summary,
+)
 
 #: the verb's own arguments handed to the adapter
 COMMON = ("other", "other_layer", "source", "target", "batch_key", "hungarian", "top_k")
@@ -112,19 +119,7 @@ def match_modalities(
     check_anndata(reference, "reference", mudata=True)
     adapter = get_adapter(method, "match_modalities")
     check_options(method, "match_modalities", options, COMMON)
-    if not isinstance(reference, MuData):
-        raise TypeError(
-            "reference must be a MuData with the paired source and target modalities, got "
-            f"{type(reference).__name__}."
-        )
-    for argument, name in (("source", source), ("target", target)):
-        if name not in reference.mod:
-            raise KeyError(
-                f"{argument}={name!r}: modality not found in `reference` (modalities: "
-                f"{list(reference.mod)})."
-            )
-    if source == target:
-        raise ValueError(f"source and target must differ, both are {source!r}.")
+    check_paired_reference(reference, source, target)
     if not isinstance(top_k, int | np.integer) or top_k < 1:
         raise ValueError(f"top_k must be a positive integer, got {top_k!r}.")
     if batch_key is not None:
@@ -147,13 +142,7 @@ def match_modalities(
     check_counts(other, other_layer, f"method={method!r}", "other")
     if model is None:
         check_counts(data, layer, f"method={method!r}")
-        for name in (source, target):
-            check_counts(
-                reference.mod[name],
-                reference_layer,
-                f"method={method!r}",
-                f"reference.mod[{name!r}]",
-            )
+        check_reference_counts(reference, source, target, reference_layer, method)
     inputs = Inputs(
         adata=data,
         reference=reference,

@@ -14,7 +14,15 @@ from scfound._validate import check_anndata, check_cells_and_genes
 
 from ._methods import Result, get_adapter
 from ._methods._base import Inputs
-from ._run import check_counts, check_options, check_writable, modality, summary
+from ._run import (
+    check_counts,
+    check_options,
+    check_paired_reference,
+    check_reference_counts,
+    check_writable,
+    modality,
+    summary,
+)
 
 #: the verb's own arguments handed to the adapter
 COMMON = ("source", "target")
@@ -99,19 +107,7 @@ def predict_modality(
     check_anndata(reference, "reference", mudata=True)
     adapter = get_adapter(method, "predict_modality")
     check_options(method, "predict_modality", options, COMMON)
-    if not isinstance(reference, MuData):
-        raise TypeError(
-            "reference must be a MuData with the paired source and target modalities, got "
-            f"{type(reference).__name__}."
-        )
-    for argument, name in (("source", source), ("target", target)):
-        if name not in reference.mod:
-            raise KeyError(
-                f"{argument}={name!r}: modality not found in `reference` (modalities: "
-                f"{list(reference.mod)})."
-            )
-    if source == target:
-        raise ValueError(f"source and target must differ, both are {source!r}.")
+    check_paired_reference(reference, source, target)
     key_added = key_added or modality_key(method, target)
     data = adata.copy() if copy else adata
     query = modality(data, source if isinstance(data, MuData) else None)
@@ -119,13 +115,7 @@ def predict_modality(
     check_cells_and_genes(query)
     if model is None:
         check_counts(query, layer, f"method={method!r}")
-        for name in (source, target):
-            check_counts(
-                reference.mod[name],
-                reference_layer,
-                f"method={method!r}",
-                f"reference.mod[{name!r}]",
-            )
+        check_reference_counts(reference, source, target, reference_layer, method)
     inputs = Inputs(
         adata=query,
         reference=reference,

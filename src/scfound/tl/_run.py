@@ -70,6 +70,31 @@ def check_counts(adata: AnnData, layer: str | None, method: str, name: str = "ad
         )
 
 
+def check_paired_reference(reference: object, source: str, target: str) -> None:
+    """Refuse a ``reference`` that is not a MuData holding distinct ``source`` and ``target``."""
+    if not isinstance(reference, MuData):
+        raise TypeError(
+            "reference must be a MuData with the paired source and target modalities, got "
+            f"{type(reference).__name__}."
+        )
+    for argument, name in (("source", source), ("target", target)):
+        if name not in reference.mod:
+            raise KeyError(
+                f"{argument}={name!r}: modality not found in `reference` (modalities: "
+                f"{list(reference.mod)})."
+            )
+    if source == target:
+        raise ValueError(f"source and target must differ, both are {source!r}.")
+
+
+def check_reference_counts(
+    reference: MuData, source: str, target: str, layer: str | None, method: str
+) -> None:
+    """:func:`check_counts` on the ``source`` and ``target`` modalities of a paired reference."""
+    for name in (source, target):
+        check_counts(reference.mod[name], layer, f"method={method!r}", f"reference.mod[{name!r}]")
+
+
 def check_writable(
     adata: AnnData,
     verb: str,
