@@ -12,6 +12,7 @@ from ._mudata import (
     registered_modalities,
     validate_mudata,
 )
+from ._predictor import KeepBest, ModalityPredictorMixin
 from ._save import (
     ModelFileError,
     SafeSaveMixin,
@@ -28,7 +29,9 @@ __all__ = [
     "MODALITY_KINDS",
     "GroupModelMixin",
     "GroupObsField",
+    "KeepBest",
     "ModalityKind",
+    "ModalityPredictorMixin",
     "ModelFileError",
     "MuDataSetupMixin",
     "QuietObsmField",

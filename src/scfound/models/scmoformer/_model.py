@@ -29,9 +29,9 @@ from ..base._mudata import (
     get_modality_matrix,
     registered_modalities,
 )
+from ..base._predictor import KeepBest, ModalityPredictorMixin
 from ..base._save import SafeSaveMixin
 from ..base._training import run_training
-from ..scmognn._model import ScMoGNN, _KeepBest
 from ._graph import MAX_LINKS, encodes_links, prior_graph, table_edges, table_summary
 from ._module import PE_TYPES, ScMoFormerModule
 
@@ -45,7 +45,7 @@ MAX_FEATURE_CELLS = 20_000
 GraphSpec = str | os.PathLike | pd.DataFrame | Mapping[str, Sequence[str]] | None
 
 
-class ScMoFormer(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
+class ScMoFormer(ModalityPredictorMixin, MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
     """ScMoFormer: predict surface proteins from RNA with a graph transformer.
 
     Wen et al. (2023), *Single-cell multimodal prediction via transformers* (CIKM; thesis ch. 3).
@@ -140,11 +140,6 @@ class ScMoFormer(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
 
     #: source and target kinds (ScMoFormer predicts proteins from RNA only)
     source, target = "rna", "protein"
-
-    # shared with ScMoGNN: query counts in the model's gene order, names of outputs
-    _source_counts = ScMoGNN._source_counts
-    _obs_names = ScMoGNN._obs_names
-    target_names = ScMoGNN.target_names
 
     def __init__(
         self,
@@ -424,7 +419,7 @@ class ScMoFormer(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
                 "lr_scheduler_metric": "reconstruction_loss_validation",
             }
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-            callbacks.append(_KeepBest())
+            callbacks.append(KeepBest())
         plan = self._training_plan_cls(self.module, **defaults | (plan_kwargs or {}))
         if early_stopping:
             trainer_kwargs.update(

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -14,7 +12,6 @@ import pandas as pd
 import scipy.sparse as sp
 import torch
 from anndata import AnnData
-from lightning.pytorch.callbacks import Callback
 from mudata import MuData
 from scvi import REGISTRY_KEYS
 from scvi.dataloaders import DataSplitter
@@ -24,7 +21,6 @@ from sklearn.decomposition import TruncatedSVD
 
 from scfound._constants import TARGET_SUM
 from scfound._normalize import log_normalize
-from scfound._utils import check_expression, get_matrix, layer_name
 
 from ..base._mudata import (
     MODALITY_KINDS,
@@ -36,6 +32,7 @@ from ..base._mudata import (
     get_modality_matrix,
     registered_modalities,
 )
+from ..base._predictor import KeepBest, ModalityPredictorMixin
 from ..base._save import SafeSaveMixin
 from ..base._training import run_training
 from ._graph import cosine_neighbors, feature_graph_summary, read_feature_graph
@@ -50,24 +47,7 @@ TARGET_NORMALIZATION = {"rna": NORM_LOG1P_CP10K, "protein": NORM_CLR, "atac": NO
 INFERENCE_BATCH = 2048
 
 
-class _KeepBest(Callback):
-    """Keep the module weights of the epoch with the lowest ``validation_loss``; restore at end."""
-
-    def __init__(self, monitor: str = "validation_loss"):
-        self.monitor, self.best, self.state = monitor, float("inf"), None
-
-    def on_validation_epoch_end(self, trainer, pl_module) -> None:
-        value = trainer.callback_metrics.get(self.monitor)
-        if value is not None and float(value) < self.best:
-            self.best = float(value)
-            self.state = copy.deepcopy(pl_module.module.state_dict())
-
-    def on_train_end(self, trainer, pl_module) -> None:
-        if self.state is not None:
-            pl_module.module.load_state_dict(self.state)
-
-
-class ScMoGNN(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
+class ScMoGNN(ModalityPredictorMixin, MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
     """ScMoGNN: predict one modality of a cell from another with a cell-feature graph network.
 
     Wen et al. (2022), *Graph neural networks for multimodal single-cell data integration*
@@ -409,7 +389,7 @@ class ScMoGNN(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
         callbacks = list(trainer_kwargs.pop("callbacks", []))
         if len(val_idx):
             trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-            callbacks.append(_KeepBest())
+            callbacks.append(KeepBest())
         if early_stopping:
             trainer_kwargs.update(
                 early_stopping=True,
@@ -431,48 +411,6 @@ class ScMoGNN(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
         self._feature_inputs = None
 
     # ------------------------------------------------------------------ inference
-    def _source_counts(self, adata: AnnData | MuData | None, layer: str | None) -> sp.csr_matrix:
-        """Source counts of ``adata`` in the model's feature order (missing features are 0)."""
-        if adata is None:
-            return sp.csr_matrix(
-                get_modality_matrix(self.adata_manager, self.source), dtype=np.float32
-            )
-        if isinstance(adata, MuData):
-            if self.source_mod not in adata.mod:
-                raise KeyError(
-                    f"the MuData has no modality {self.source_mod!r} (the model's {self.source} "
-                    f"source); modalities: {list(adata.mod)}."
-                )
-            adata = adata.mod[self.source_mod]
-        if not isinstance(adata, AnnData):
-            raise TypeError(f"adata must be an AnnData or a MuData, got {type(adata).__name__}.")
-        X = get_matrix(adata, layer)
-        where = layer_name(layer)
-        check_expression(X, where, counts=True)
-        features = self.adata.mod[self.source_mod].var_names
-        position = features.get_indexer(adata.var_names)
-        found = position >= 0
-        n_found = int(found.sum())
-        if n_found == 0:
-            raise ValueError(
-                f"adata has none of the model's {len(features)} {self.source} features "
-                f"(e.g. {list(features[:3])}; adata has e.g. {list(adata.var_names[:3])}): "
-                "match the feature names (symbols vs IDs) first."
-            )
-        if n_found < len(features):
-            warnings.warn(
-                f"adata has {n_found} of the model's {len(features)} {self.source} features; "
-                f"the other {len(features) - n_found} are read as 0, which lowers the quality "
-                "of the predictions.",
-                UserWarning,
-                stacklevel=3,
-            )
-        X = sp.csr_matrix(X, dtype=np.float32)[:, np.flatnonzero(found)]
-        cols = position[found]
-        out = sp.csr_matrix((X.data, cols[X.indices], X.indptr), shape=(X.shape[0], len(features)))
-        out.sort_indices()
-        return out
-
     @torch.inference_mode()
     def _reference_features(self) -> list[torch.Tensor]:
         """Feature inputs of every layer on the graph of all registered (reference) cells.
@@ -561,16 +499,6 @@ class ScMoGNN(MuDataSetupMixin, SafeSaveMixin, BaseModelClass):
         """
         z, _ = self._infer(adata, layer, batch_size)
         return z
-
-    @property
-    def target_names(self) -> pd.Index:
-        """Names of the target features (the columns of :meth:`predict`)."""
-        return self.adata.mod[self.target_mod].var_names.copy()
-
-    def _obs_names(self, adata: AnnData | MuData | None) -> pd.Index:
-        if adata is None:
-            return self.adata.obs_names.copy()
-        return adata.obs_names.copy()
 
 
 def _normalized_source(X: sp.csr_matrix, kind: str) -> sp.csr_matrix:
