@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import copy
 import warnings
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+import torch
 from anndata import AnnData
 from lightning.pytorch.callbacks import Callback
 from mudata import MuData
@@ -15,6 +17,7 @@ from mudata import MuData
 from scfound._utils import check_expression, get_matrix, layer_name
 
 from ._mudata import get_modality_matrix
+from ._training import run_training
 
 
 class KeepBest(Callback):
@@ -102,3 +105,73 @@ class ModalityPredictorMixin:
         out = sp.csr_matrix((X.data, cols[X.indices], X.indptr), shape=(X.shape[0], len(features)))
         out.sort_indices()
         return out
+
+    def _train_on_split(
+        self,
+        keys: dict[str, type],
+        *,
+        max_epochs: int,
+        batch_size: int,
+        train_size: float,
+        early_stopping: bool,
+        early_stopping_patience: int,
+        seed: int,
+        plan_kwargs: dict[str, Any],
+        validation_plan_kwargs: dict[str, Any] | None = None,
+        **trainer_kwargs: Any,
+    ) -> int:
+        """Train on a random ``train_size`` split of the cells; the rest validates.
+
+        With validation cells, ``validation_loss`` is computed every epoch, drives early
+        stopping and the weights of the best epoch are kept (:class:`KeepBest`).
+
+        Parameters
+        ----------
+        keys
+            Registry keys of the minibatches and their dtypes.
+        max_epochs, batch_size, train_size, early_stopping, early_stopping_patience, seed
+            As in the models' ``train``.
+        plan_kwargs
+            Arguments of the training plan.
+        validation_plan_kwargs
+            Further plan arguments used only when there are validation cells.
+        **trainer_kwargs
+            Passed to :func:`~scfound.models.base.run_training` (``accelerator``,
+            ``devices``, ``enable_progress_bar``, ``callbacks``, ...).
+
+        Returns
+        -------
+        The number of training cells.
+        """
+        if not 0 < train_size <= 1:
+            raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
+        if not isinstance(batch_size, int | np.integer) or batch_size < 2:
+            raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}.")
+        n = self.adata.n_obs
+        order = np.random.default_rng(seed).permutation(n)
+        n_train = n if train_size >= 1 else min(max(round(train_size * n), 1), n - 1)
+        train_idx, val_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
+        if early_stopping and len(val_idx) == 0:
+            raise ValueError("early_stopping needs validation cells: pass train_size < 1.")
+        torch.manual_seed(seed)
+        data = self._data_splitter_cls(
+            self.adata_manager,
+            external_indexing=[train_idx, val_idx, np.array([], dtype=np.int64)],
+            batch_size=int(batch_size),
+            data_and_attributes=keys,
+            drop_last=False,
+        )
+        callbacks = list(trainer_kwargs.pop("callbacks", None) or [])
+        if len(val_idx):
+            plan_kwargs = (validation_plan_kwargs or {}) | plan_kwargs
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+            callbacks.append(KeepBest())
+        if early_stopping:
+            trainer_kwargs.update(
+                early_stopping=True,
+                early_stopping_monitor="validation_loss",
+                early_stopping_patience=early_stopping_patience,
+            )
+        plan = self._training_plan_cls(self.module, **plan_kwargs)
+        run_training(self, plan, data, max_epochs=max_epochs, callbacks=callbacks, **trainer_kwargs)
+        return n_train

@@ -29,9 +29,8 @@ from ..base._mudata import (
     get_modality_matrix,
     registered_modalities,
 )
-from ..base._predictor import KeepBest, ModalityPredictorMixin
+from ..base._predictor import ModalityPredictorMixin
 from ..base._save import SafeSaveMixin
-from ..base._training import run_training
 from ._graph import MAX_LINKS, encodes_links, prior_graph, table_edges, table_summary
 from ._module import PE_TYPES, ScMoFormerModule
 
@@ -390,55 +389,29 @@ class ScMoFormer(ModalityPredictorMixin, MuDataSetupMixin, SafeSaveMixin, BaseMo
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer`.
         """
-        if not 0 < train_size <= 1:
-            raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
-        if not isinstance(batch_size, int | np.integer) or batch_size < 2:
-            raise ValueError(f"batch_size must be an integer >= 2, got {batch_size!r}.")
-        n = self.adata.n_obs
-        order = np.random.default_rng(seed).permutation(n)
-        n_train = n if train_size >= 1 else min(max(round(train_size * n), 1), n - 1)
-        train_idx, val_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
-        if early_stopping and len(val_idx) == 0:
-            raise ValueError("early_stopping needs validation cells: pass train_size < 1.")
-        torch.manual_seed(seed)
         keys = {self.module.gene_key: np.float32, self.module.protein_key: np.float32}
-        data = self._data_splitter_cls(
-            self.adata_manager,
-            external_indexing=[train_idx, val_idx, np.array([], dtype=np.int64)],
-            batch_size=int(batch_size),
-            data_and_attributes=keys,
-            drop_last=False,
-        )
-        defaults = {"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
-        callbacks = list(trainer_kwargs.pop("callbacks", []))
-        if len(val_idx):
-            defaults |= {
+        n_train = self._train_on_split(
+            keys,
+            max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            seed=seed,
+            plan_kwargs={"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
+            | (plan_kwargs or {}),
+            validation_plan_kwargs={
                 "reduce_lr_on_plateau": True,
                 "lr_factor": 0.9,
                 "lr_patience": 10,
                 "lr_scheduler_metric": "reconstruction_loss_validation",
-            }
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-            callbacks.append(KeepBest())
-        plan = self._training_plan_cls(self.module, **defaults | (plan_kwargs or {}))
-        if early_stopping:
-            trainer_kwargs.update(
-                early_stopping=True,
-                early_stopping_monitor="validation_loss",
-                early_stopping_patience=early_stopping_patience,
-            )
-        self.n_context_ = int(min(batch_size, n_train))
-        run_training(
-            self,
-            plan,
-            data,
-            max_epochs=max_epochs,
+            },
             enable_progress_bar=enable_progress_bar,
             accelerator=accelerator,
             devices=devices,
-            callbacks=callbacks,
             **trainer_kwargs,
         )
+        self.n_context_ = int(min(batch_size, n_train))
 
     # ------------------------------------------------------------------ inference
     def _context(self) -> np.ndarray:

@@ -32,9 +32,8 @@ from ..base._mudata import (
     get_modality_matrix,
     registered_modalities,
 )
-from ..base._predictor import KeepBest, ModalityPredictorMixin
+from ..base._predictor import ModalityPredictorMixin
 from ..base._save import SafeSaveMixin
-from ..base._training import run_training
 from ._graph import cosine_neighbors, feature_graph_summary, read_feature_graph
 from ._module import ScMoGNNModule
 
@@ -361,51 +360,23 @@ class ScMoGNN(ModalityPredictorMixin, MuDataSetupMixin, SafeSaveMixin, BaseModel
         **trainer_kwargs
             Passed to :class:`~scvi.train.Trainer`.
         """
-        if not 0 < train_size <= 1:
-            raise ValueError(f"train_size must lie in (0, 1], got {train_size}.")
-        n = self.adata.n_obs
-        rng = np.random.default_rng(seed)
-        order = rng.permutation(n)
-        n_train = n if train_size >= 1 else min(max(round(train_size * n), 1), n - 1)
-        train_idx, val_idx = np.sort(order[:n_train]), np.sort(order[n_train:])
-        if early_stopping and len(val_idx) == 0:
-            raise ValueError("early_stopping needs validation cells: pass train_size < 1.")
-        torch.manual_seed(seed)
         keys = {self.module.source_key: np.float32, self.module.target_key: np.float32}
         if self.module.classifier is not None:
             keys[REGISTRY_KEYS.LABELS_KEY] = np.int64
-        data = self._data_splitter_cls(
-            self.adata_manager,
-            external_indexing=[train_idx, val_idx, np.array([], dtype=np.int64)],
-            batch_size=batch_size,
-            data_and_attributes=keys,
-            drop_last=False,
-        )
-        plan = self._training_plan_cls(
-            self.module,
-            **{"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
-            | (plan_kwargs or {}),
-        )
-        callbacks = list(trainer_kwargs.pop("callbacks", []))
-        if len(val_idx):
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-            callbacks.append(KeepBest())
-        if early_stopping:
-            trainer_kwargs.update(
-                early_stopping=True,
-                early_stopping_monitor="validation_loss",
-                early_stopping_patience=early_stopping_patience,
-            )
         self._feature_inputs = None
-        run_training(
-            self,
-            plan,
-            data,
+        self._train_on_split(
+            keys,
             max_epochs=max_epochs,
+            batch_size=batch_size,
+            train_size=train_size,
+            early_stopping=early_stopping,
+            early_stopping_patience=early_stopping_patience,
+            seed=seed,
+            plan_kwargs={"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
+            | (plan_kwargs or {}),
             enable_progress_bar=enable_progress_bar,
             accelerator=accelerator,
             devices=devices,
-            callbacks=callbacks,
             **trainer_kwargs,
         )
         self._feature_inputs = None
