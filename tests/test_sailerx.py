@@ -122,6 +122,17 @@ def test_save_load_gives_the_same_embedding(trained, tmp_path):
     assert os.path.exists(tmp_path / "m" / "model.json")
 
 
+def test_save_with_its_mudata_loads_without_data(trained, tmp_path):
+    _, model = trained
+    model.save(str(tmp_path / "m"), save_anndata=True)
+    assert os.path.exists(tmp_path / "m" / "mdata.h5mu")
+    loaded = sf.SAILERX.load(str(tmp_path / "m"))
+    assert isinstance(loaded.adata, md.MuData)
+    np.testing.assert_allclose(
+        loaded.get_latent_representation(), model.get_latent_representation(), atol=1e-5
+    )
+
+
 def test_hybrid_cells_train_and_are_embedded():
     full = _paired(seed=1)
     rna = full.mod["rna"][40:].copy()  # the first 40 cells have no RNA

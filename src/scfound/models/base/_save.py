@@ -34,6 +34,8 @@ from scfound._validate import check_anndata, check_cells_and_genes
 WEIGHTS_FILE = "model.pt"
 META_FILE = "model.json"
 ADATA_FILE = "adata.h5ad"
+#: the registered MuData of a model set up with ``setup_mudata``
+MDATA_FILE = "mdata.h5mu"
 
 #: entries of ``model.json`` that :meth:`SafeSaveMixin.load` needs
 META_KEYS = ("var_names", "registry", "init_params", "is_trained", "history")
@@ -440,6 +442,23 @@ def check_model_data(adata: Any, name: str = "adata", *, mudata: bool = False) -
     check_cells_and_genes(adata, name, min_obs=2)  # a cell is modelled in the context of others
 
 
+def _read_saved_data(dir_path: str) -> Any:
+    """The AnnData or MuData saved in a model folder (``save_anndata=True``)."""
+    from mudata import read_h5mu
+
+    readers = ((ADATA_FILE, read_h5ad, "AnnData"), (MDATA_FILE, read_h5mu, "MuData"))
+    for name, reader, kind in readers:
+        path = os.path.join(dir_path, name)
+        if os.path.exists(path):
+            try:
+                return reader(path)
+            except Exception as err:  # h5py, anndata and mudata raise many types
+                raise ModelFileError(
+                    f"{path} is not a readable {kind} file ({type(err).__name__}: {err})."
+                ) from None
+    raise ValueError(f"pass `adata`: {dir_path} was saved without its data.")
+
+
 class SafeSaveMixin:
     """``save``/``load`` for scfound models without pickle (see module docstring).
 
@@ -466,7 +485,8 @@ class SafeSaveMixin:
         overwrite
             Replace an existing folder's model files.
         save_anndata
-            Also write the registered AnnData as ``adata.h5ad``.
+            Also write the registered data: an AnnData as ``adata.h5ad``, a MuData as
+            ``mdata.h5mu``.
 
         """
         meta = {
@@ -479,7 +499,10 @@ class SafeSaveMixin:
         }
         write_model(dir_path, self, meta, overwrite)
         if save_anndata:
-            self.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE))
+            if isinstance(self.adata, AnnData):
+                self.adata.write_h5ad(os.path.join(dir_path, ADATA_FILE))
+            else:  # a MuData
+                self.adata.write(os.path.join(dir_path, MDATA_FILE))
 
     @classmethod
     def load(
@@ -497,7 +520,7 @@ class SafeSaveMixin:
             Folder written by :meth:`save`.
         adata
             Data to attach, with the model's genes in the same order; it is set up with the saved
-            :meth:`setup_anndata` arguments. Default: the ``adata.h5ad`` saved with the model.
+            :meth:`setup_anndata` arguments. Default: the data saved with the model.
         accelerator, device
             Where to put the module (as in scvi-tools).
 
@@ -532,15 +555,7 @@ class SafeSaveMixin:
         setup = getattr(cls, method)
         state = read_weights(dir_path)
         if adata is None:
-            path = os.path.join(dir_path, ADATA_FILE)
-            if not os.path.exists(path):
-                raise ValueError(f"pass `adata`: {dir_path} was saved without its AnnData.")
-            try:
-                adata = read_h5ad(path)
-            except Exception as err:  # h5py and anndata raise many types
-                raise ModelFileError(
-                    f"{path} is not a readable AnnData file ({type(err).__name__}: {err})."
-                ) from None
+            adata = _read_saved_data(dir_path)
         check_model_data(adata, mudata=hasattr(cls, "setup_mudata"))
         check_genes(adata.var_names, meta["var_names"])
         attrs = {"init_params_": meta["init_params"], "is_trained_": meta["is_trained"]}

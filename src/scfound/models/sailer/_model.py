@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -130,7 +130,267 @@ def accessibility_stats(X) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(per_cell), per_peak
 
 
-class SAILER(SafeSaveMixin, BaseModelClass):
+def depth_stats(per_cell: np.ndarray, n_peaks: int) -> dict[str, float]:
+    """The 0/1 ratio and the mean and std of the log depth of binarised profiles.
+
+    Parameters
+    ----------
+    per_cell
+        Accessible peaks of every cell (:func:`accessibility_stats`).
+    n_peaks
+        Peaks of the profiles.
+
+    Returns
+    -------
+    ``pos_weight`` (inaccessible / accessible entries; 1 without accessible entries),
+    ``depth_mean`` and ``depth_std`` (of ``log max(per_cell, 1)``; a std of 0 gives 1).
+    """
+    ones = float(per_cell.sum())
+    zeros = float(per_cell.shape[0]) * n_peaks - ones
+    log_depth = np.log(np.maximum(per_cell, 1.0))
+    return {
+        "pos_weight": zeros / ones if ones > 0 else 1.0,
+        "depth_mean": float(log_depth.mean()),
+        "depth_std": float(log_depth.std()) or 1.0,
+    }
+
+
+def check_vae_args(
+    n_hidden: Sequence[int],
+    n_latent: int,
+    mi_weight: float,
+    pos_weight: float | None,
+    **weights: float,
+) -> list[int]:
+    """Check the arguments of the invariant VAE that SAILER and SAILERX share.
+
+    Parameters
+    ----------
+    n_hidden
+        Hidden widths (positive).
+    n_latent
+        Latent dimensions (a positive integer).
+    mi_weight
+        Weight of the mutual-information penalty (finite, >= 0).
+    pos_weight
+        Positive weight of the Bernoulli loss (> 0, or ``None``).
+    **weights
+        Further loss weights, by name (finite, >= 0).
+
+    Returns
+    -------
+    ``n_hidden`` as a list of ints.
+
+    Raises
+    ------
+    ValueError
+        Naming the first argument out of range.
+    """
+    n_hidden = [int(h) for h in n_hidden]
+    if not n_hidden or min(n_hidden) < 1:
+        raise ValueError(f"n_hidden must be positive layer widths, got {n_hidden}.")
+    if int(n_latent) != n_latent or n_latent < 1:
+        raise ValueError(f"n_latent must be a positive integer, got {n_latent!r}.")
+    for name, value in {"mi_weight": mi_weight, **weights}.items():
+        if not np.isfinite(value) or value < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
+    if pos_weight is not None and not pos_weight > 0:
+        raise ValueError(f"pos_weight must be > 0 or None, got {pos_weight}.")
+    return n_hidden
+
+
+class SAILERMixin:
+    """Training and mini-batch inference shared by SAILER and SAILERX.
+
+    For a :class:`~scvi.model.base.BaseModelClass` whose module is a
+    :class:`~scfound.models.sailer._module.InvariantBernoulliVAE` and whose training plan is a
+    :class:`SAILERTrainingPlan`. A model defines ``_inference_adata`` (the data to run
+    inference on, checked and registered) and may add arguments of its data splitter in
+    ``_splitter_kwargs``.
+    """
+
+    _training_plan_cls = SAILERTrainingPlan
+    _train_runner_cls = TrainRunner
+
+    def _splitter_kwargs(self) -> dict:
+        """Extra arguments of the model's data splitter (none here)."""
+        return {}
+
+    def _inference_adata(self, adata: AnnData | None) -> AnnData:
+        """The data to run inference on (``None``: the model's own), checked and registered."""
+        raise NotImplementedError
+
+    # --------------------------------------------------------------- training
+    def train(
+        self,
+        max_epochs: int | None = None,
+        *,
+        lr: float = 1e-3,
+        weight_decay: float = 5e-4,
+        batch_size: int = 128,
+        warmup_epochs: int | None = None,
+        n_cycles: int = 4,
+        lr_decay: float = 0.995,
+        train_size: float = 0.9,
+        validation_size: float | None = None,
+        early_stopping: bool = False,
+        accelerator: str = "auto",
+        devices: int | list[int] | str = "auto",
+        strategy: str = "auto",
+        seed: int = 0,
+        enable_progress_bar: bool | None = None,
+        datasplitter_kwargs: dict | None = None,
+        plan_kwargs: dict | None = None,
+        **trainer_kwargs,
+    ) -> None:
+        """Train with the model's data splitter and a :class:`SAILERTrainingPlan`.
+
+        Warm-up, cyclical annealing of the KL weight and per-epoch learning-rate decay.
+
+        Parameters
+        ----------
+        max_epochs
+            Passes over the training cells; default scvi-tools' heuristic
+            ``min(400, round(20000 / n_cells * 400))`` (papers: 400).
+        lr, weight_decay
+            Adam settings (SAILER's authors: 1e-3, 5e-4; SAILERX's: 1e-4, 5e-4).
+        batch_size
+            Cells per step: the MI penalty (and SAILERX's cross-modal term) is computed within a
+            step (SAILERX's authors: 200).
+        warmup_epochs
+            Epochs without the KL terms first (reconstruction, and SAILERX's cross-modal term);
+            default ``round(max_epochs / 40)`` (the authors' 10 of 400).
+        n_cycles
+            Cyclical annealing cycles over the remaining epochs (authors: 4).
+        lr_decay
+            Learning rate factor per epoch (authors: 0.995; 1 turns it off).
+        train_size, validation_size
+            Fractions of cells for training and validation (the validation loss is logged as
+            ``validation_loss``).
+        early_stopping
+            Stop when ``validation_loss`` stops improving (mind that the annealing raises the
+            loss at the start of every cycle).
+        accelerator, devices, strategy
+            Passed to Lightning (e.g. ``strategy="ddp"`` with several devices); under DDP
+            each process reads its own share of the mini-batches (scvi-tools' distributed
+            sampler), also from a file on disk.
+        seed
+            Seed of the initial split, the shuffling and the sampling.
+        enable_progress_bar
+            Show the progress bar; default :attr:`scfound.settings.progress_bar`.
+        datasplitter_kwargs
+            Extra arguments of the data splitter (a :class:`~scvi.dataloaders.DataSplitter`).
+        plan_kwargs
+            Extra arguments of :class:`SAILERTrainingPlan`.
+        **trainer_kwargs
+            Passed to :class:`~scvi.train.Trainer`.
+        """
+        import scvi
+        from scvi.model._utils import get_max_epochs_heuristic
+
+        if max_epochs is None:
+            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
+        if max_epochs < 1:
+            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
+        if warmup_epochs is None:
+            warmup_epochs = round(max_epochs / 40)
+        if not 0 <= warmup_epochs < max_epochs or warmup_epochs != int(warmup_epochs):
+            raise ValueError(
+                f"warmup_epochs must be an integer in [0, max_epochs), got {warmup_epochs}."
+            )
+        if n_cycles < 1:
+            raise ValueError(f"n_cycles must be >= 1, got {n_cycles}.")
+        if batch_size < 2:
+            raise ValueError(
+                f"batch_size must be >= 2 (the MI penalty compares cells), got {batch_size}."
+            )
+        scvi.settings.seed = seed
+        torch.manual_seed(seed)
+        splitter = self._data_splitter_cls(
+            self.adata_manager,
+            train_size=train_size,
+            validation_size=validation_size,
+            batch_size=batch_size,
+            distributed_sampler="ddp" in str(strategy).lower(),
+            **self._splitter_kwargs(),
+            **(datasplitter_kwargs or {}),
+        )
+        plan_kwargs = {
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "eps": 1e-8,
+            "max_epochs": max_epochs,
+            "warmup_epochs": int(warmup_epochs),
+            "n_cycles": n_cycles,
+            "lr_decay": lr_decay,
+            **(plan_kwargs or {}),
+        }
+        plan = self._training_plan_cls(self.module, **plan_kwargs)
+        if train_size < 1:
+            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
+        run_training(
+            self,
+            plan,
+            splitter,
+            max_epochs=max_epochs,
+            enable_progress_bar=enable_progress_bar,
+            accelerator=accelerator,
+            devices=devices,
+            strategy=strategy,
+            early_stopping=early_stopping,
+            early_stopping_monitor="validation_loss",
+            **trainer_kwargs,
+        )
+        self.module.eval()
+
+    # -------------------------------------------------------------- inference
+    @torch.inference_mode()
+    def _forward_batches(
+        self,
+        adata: AnnData | None,
+        indices: Sequence[int] | None,
+        batch_size: int | None,
+        fn: Callable[[dict[str, torch.Tensor], dict[str, torch.Tensor]], torch.Tensor],
+    ) -> np.ndarray:
+        """``fn(tensors, inference_outputs)`` of every mini-batch of cells, concatenated.
+
+        Parameters
+        ----------
+        adata
+            Data to run on (checked and registered by ``_inference_adata``; default the
+            model's own).
+        indices
+            Cells of ``adata`` (default all).
+        batch_size
+            Cells per forward pass (default scvi-tools' 128).
+        fn
+            Maps a mini-batch and the module's inference outputs to a ``(cells, ...)`` tensor.
+
+        Returns
+        -------
+        The outputs of ``fn``, rows in the order of the cells.
+
+        Raises
+        ------
+        RuntimeError
+            If the model is not trained.
+        """
+        if not self.is_trained_:
+            raise RuntimeError(
+                f"this {type(self).__name__} is not trained: its outputs would come from random "
+                "weights. Call model.train() first (or load a trained model)."
+            )
+        adata = self._inference_adata(adata)
+        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
+        self.module.eval()
+        out = []
+        for tensors in loader:
+            inference_outputs = self.module.inference(**self.module._get_inference_input(tensors))
+            out.append(fn(tensors, inference_outputs).detach().float().cpu().numpy())
+        return np.concatenate(out, axis=0)
+
+
+class SAILER(SafeSaveMixin, SAILERMixin, BaseModelClass):
     """SAILER: a VAE for scATAC-seq whose latent space is free of read depth and batch.
 
     Cao, Fu, Xie (2021), *SAILER: scalable and accurate invariant representation learning for
@@ -200,8 +460,6 @@ class SAILER(SafeSaveMixin, BaseModelClass):
 
     _module_cls = SAILERModule
     _data_splitter_cls = DataSplitter
-    _training_plan_cls = SAILERTrainingPlan
-    _train_runner_cls = TrainRunner
 
     def __init__(
         self,
@@ -215,15 +473,7 @@ class SAILER(SafeSaveMixin, BaseModelClass):
         dropout_rate: float = 0.0,
     ):
         super().__init__(adata, registry)
-        n_hidden = [int(h) for h in n_hidden]
-        if not n_hidden or min(n_hidden) < 1:
-            raise ValueError(f"n_hidden must be positive layer widths, got {n_hidden}.")
-        if n_latent < 1:
-            raise ValueError(f"n_latent must be a positive integer, got {n_latent}.")
-        if mi_weight < 0:
-            raise ValueError(f"mi_weight must be >= 0, got {mi_weight}.")
-        if pos_weight is not None and pos_weight <= 0:
-            raise ValueError(f"pos_weight must be > 0 or None, got {pos_weight}.")
+        n_hidden = check_vae_args(n_hidden, n_latent, mi_weight, pos_weight)
         cont = self.adata_manager.get_state_registry(REGISTRY_KEYS.CONT_COVS_KEY)
         n_cont = len(cont.get("columns", [])) if cont else 0
         stats = self._data_stats(n_cont) if self.adata is not None else None
@@ -255,14 +505,9 @@ class SAILER(SafeSaveMixin, BaseModelClass):
         """0/1 ratio, mean and std of the log depth and of the covariates of the registered data."""
         X = self.adata_manager.get_from_registry(REGISTRY_KEYS.X_KEY)
         per_cell, per_peak = accessibility_stats(X)
-        ones = float(per_cell.sum())
-        zeros = float(X.shape[0]) * X.shape[1] - ones
-        log_depth = np.log(np.maximum(per_cell, 1.0))
         stats = {
-            "pos_weight": zeros / ones if ones > 0 else 1.0,
+            **depth_stats(per_cell, X.shape[1]),
             "idf": (X.shape[0] / np.maximum(per_peak, 1)).astype(np.float32),
-            "depth_mean": float(log_depth.mean()),
-            "depth_std": float(log_depth.std()) or 1.0,
             "cov_mean": np.zeros(n_cont, dtype=np.float32),
             "cov_std": np.ones(n_cont, dtype=np.float32),
         }
@@ -370,135 +615,9 @@ class SAILER(SafeSaveMixin, BaseModelClass):
         adata_manager = AnnDataManager(fields=anndata_fields, setup_method_args=setup_method_args)
         register_fields(cls, adata_manager, adata, **kwargs)
 
-    # --------------------------------------------------------------- training
-    def train(
-        self,
-        max_epochs: int | None = None,
-        *,
-        lr: float = 1e-3,
-        weight_decay: float = 5e-4,
-        batch_size: int = 128,
-        warmup_epochs: int | None = None,
-        n_cycles: int = 4,
-        lr_decay: float = 0.995,
-        train_size: float = 0.9,
-        validation_size: float | None = None,
-        early_stopping: bool = False,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        strategy: str = "auto",
-        seed: int = 0,
-        enable_progress_bar: bool | None = None,
-        datasplitter_kwargs: dict | None = None,
-        plan_kwargs: dict | None = None,
-        **trainer_kwargs,
-    ) -> None:
-        """Train with scvi-tools' data splitter and a :class:`SAILERTrainingPlan`.
-
-        Parameters
-        ----------
-        max_epochs
-            Passes over the training cells; default scvi-tools' heuristic
-            ``min(400, round(20000 / n_cells * 400))`` (paper: 400).
-        lr, weight_decay
-            Adam settings (authors: 1e-3, 5e-4).
-        batch_size
-            Cells per step (the MI penalty is estimated within a step).
-        warmup_epochs
-            Reconstruction-only epochs first; default ``round(max_epochs / 40)`` (the authors'
-            10 of 400).
-        n_cycles
-            Cyclical annealing cycles over the remaining epochs (authors: 4).
-        lr_decay
-            Learning rate factor per epoch (authors: 0.995; 1 turns it off).
-        train_size, validation_size
-            Fractions of cells for training and validation (the validation loss is logged as
-            ``validation_loss``).
-        early_stopping
-            Stop when ``validation_loss`` stops improving (mind that the annealing raises the
-            loss at the start of every cycle).
-        accelerator, devices, strategy
-            Passed to Lightning (e.g. ``strategy="ddp"`` with several devices); under DDP
-            each process reads its own share of the mini-batches (scvi-tools' distributed
-            sampler), also from a file on disk.
-        seed
-            Seed of the initial split, the shuffling and the sampling.
-        enable_progress_bar
-            Show the progress bar; default :attr:`scfound.settings.progress_bar`.
-        datasplitter_kwargs
-            Extra arguments of :class:`~scvi.dataloaders.DataSplitter`.
-        plan_kwargs
-            Extra arguments of :class:`SAILERTrainingPlan`.
-        **trainer_kwargs
-            Passed to :class:`~scvi.train.Trainer`.
-        """
-        import scvi
-        from scvi.model._utils import get_max_epochs_heuristic
-
-        n_cells = self.adata.n_obs
-        if max_epochs is None:
-            max_epochs = get_max_epochs_heuristic(n_cells)
-        if max_epochs < 1:
-            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
-        if warmup_epochs is None:
-            warmup_epochs = round(max_epochs / 40)
-        if not 0 <= warmup_epochs < max_epochs or warmup_epochs != int(warmup_epochs):
-            raise ValueError(
-                f"warmup_epochs must be an integer in [0, max_epochs), got {warmup_epochs}."
-            )
-        if n_cycles < 1:
-            raise ValueError(f"n_cycles must be >= 1, got {n_cycles}.")
-        if batch_size < 2:
-            raise ValueError(
-                f"batch_size must be >= 2 (the MI penalty compares cells), got {batch_size}."
-            )
-        scvi.settings.seed = seed
-        torch.manual_seed(seed)
-        distributed = "ddp" in str(strategy).lower()
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size,
-            distributed_sampler=distributed,
-            **(datasplitter_kwargs or {}),
-        )
-        plan_kwargs = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": 1e-8,
-            "max_epochs": max_epochs,
-            "warmup_epochs": int(warmup_epochs),
-            "n_cycles": n_cycles,
-            "lr_decay": lr_decay,
-            **(plan_kwargs or {}),
-        }
-        plan = self._training_plan_cls(self.module, **plan_kwargs)
-        if train_size < 1:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        run_training(
-            self,
-            plan,
-            splitter,
-            max_epochs=max_epochs,
-            enable_progress_bar=enable_progress_bar,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
-            **trainer_kwargs,
-        )
-        self.module.eval()
-
     # -------------------------------------------------------------- inference
     def _inference_adata(self, adata: AnnData | None) -> AnnData:
         """The model's data, or a new ``adata`` checked and registered (nothing left on error)."""
-        if not self.is_trained_:
-            raise RuntimeError(
-                "this SAILER is not trained: its outputs would come from random weights. Call "
-                "model.train() first (or load a trained model)."
-            )
         if adata is None or adata is self.adata:
             return self.adata
         check_model_data(adata)
@@ -516,23 +635,6 @@ class SAILER(SafeSaveMixin, BaseModelClass):
             check_obs_keys(adata, continuous_covariate_keys=key)
         with restore_on_error(type(self), adata):
             return self._validate_anndata(adata)
-
-    @torch.inference_mode()
-    def _forward_batches(
-        self,
-        adata: AnnData | None,
-        indices: Sequence[int] | None,
-        batch_size: int | None,
-        fn,
-    ) -> np.ndarray:
-        adata = self._inference_adata(adata)
-        loader = self._make_data_loader(adata=adata, indices=indices, batch_size=batch_size)
-        self.module.eval()
-        out = []
-        for tensors in loader:
-            inference_outputs = self.module.inference(**self.module._get_inference_input(tensors))
-            out.append(fn(tensors, inference_outputs).detach().float().cpu().numpy())
-        return np.concatenate(out, axis=0)
 
     def get_latent_representation(
         self,

@@ -15,7 +15,6 @@ from anndata import AnnData
 from mudata import MuData
 from scvi.data import AnnDataManager, AnnDataManagerValidationCheck
 from scvi.model.base import BaseModelClass
-from scvi.train import TrainRunner
 
 from scfound._constants import TARGET_SUM
 from scfound._normalize import library_size, log_normalize
@@ -27,10 +26,14 @@ from ..base import (
     build_mudata_fields,
     check_model_data,
     restore_on_error,
-    run_training,
     validate_mudata,
 )
-from ..sailer._model import SAILERTrainingPlan, accessibility_stats
+from ..sailer._model import (
+    SAILERMixin,
+    accessibility_stats,
+    check_vae_args,
+    depth_stats,
+)
 from ._data import CellDataSplitter
 from ._module import PAIRED_KEY, REFERENCE_KEY, WEIGHT_KEY, SAILERXModule
 
@@ -152,7 +155,7 @@ def _modalities(modalities: Mapping[str, str | None] | None) -> dict[str, str | 
     return out
 
 
-class SAILERX(SafeSaveMixin, MuDataSetupMixin, BaseModelClass):
+class SAILERX(SafeSaveMixin, MuDataSetupMixin, SAILERMixin, BaseModelClass):
     """SAILERX: SAILER's invariant ATAC model whose local structure follows the RNA.
 
     Cao, Fu, Xie (2022), *Integrating multimodal single-cell data with structural similarity*
@@ -222,8 +225,6 @@ class SAILERX(SafeSaveMixin, MuDataSetupMixin, BaseModelClass):
 
     _module_cls = SAILERXModule
     _data_splitter_cls = CellDataSplitter
-    _training_plan_cls = SAILERTrainingPlan
-    _train_runner_cls = TrainRunner
 
     def __init__(
         self,
@@ -238,17 +239,11 @@ class SAILERX(SafeSaveMixin, MuDataSetupMixin, BaseModelClass):
         weighting: Literal["depth", "uniform"] = "depth",
     ):
         super().__init__(adata, registry)
-        n_hidden = [int(h) for h in n_hidden]
-        if len(n_hidden) < 1 or min(n_hidden) < 1:
-            raise ValueError(f"n_hidden must be positive layer widths, got {n_hidden}.")
-        for name, value, low in (("n_latent", n_latent, 1), ("n_rna_pcs", n_rna_pcs, 1)):
-            if int(value) != value or value < low:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-        for name, value in (("mi_weight", mi_weight), ("local_weight", local_weight)):
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}.")
-        if pos_weight is not None and not pos_weight > 0:
-            raise ValueError(f"pos_weight must be > 0 or None, got {pos_weight}.")
+        n_hidden = check_vae_args(
+            n_hidden, n_latent, mi_weight, pos_weight, local_weight=local_weight
+        )
+        if int(n_rna_pcs) != n_rna_pcs or n_rna_pcs < 1:
+            raise ValueError(f"n_rna_pcs must be a positive integer, got {n_rna_pcs!r}.")
         if weighting not in ("depth", "uniform"):
             raise ValueError(f"weighting must be 'depth' or 'uniform', got {weighting!r}.")
         self.n_rna_pcs, self.weighting = int(n_rna_pcs), weighting
@@ -259,10 +254,9 @@ class SAILERX(SafeSaveMixin, MuDataSetupMixin, BaseModelClass):
         order, self.chromosomes_, sizes = chromosome_groups(chroms)
         X = get_matrix(atac, args.get("atac_layer"))
         per_cell, _ = accessibility_stats(X)
-        ones = float(per_cell.sum())
+        stats = depth_stats(per_cell, X.shape[1])
         if pos_weight is None:
-            pos_weight = (float(X.shape[0]) * X.shape[1] - ones) / max(ones, 1.0)
-        log_depth = np.log(np.maximum(per_cell, 1.0))
+            pos_weight = stats["pos_weight"]
         self.module = self._module_cls(
             n_input=atac.n_vars,
             chrom_sizes=sizes,
@@ -274,8 +268,8 @@ class SAILERX(SafeSaveMixin, MuDataSetupMixin, BaseModelClass):
             local_weight=local_weight,
         )
         self.module.peak_order.copy_(torch.as_tensor(order))
-        self.module.depth_mean.fill_(float(log_depth.mean()))
-        self.module.depth_std.fill_(float(log_depth.std()) or 1.0)
+        self.module.depth_mean.fill_(stats["depth_mean"])
+        self.module.depth_std.fill_(stats["depth_std"])
         self._cell_data = self._compute_cell_data(args, mods, library_size(X))
         n_paired = int(self._cell_data[PAIRED_KEY].sum())
         self._model_summary_string = (
@@ -467,125 +461,21 @@ class SAILERX(SafeSaveMixin, MuDataSetupMixin, BaseModelClass):
             adata_manager.register_fields(mdata, **kwargs)
         cls.register_manager(adata_manager)
 
-    # --------------------------------------------------------------- training
-    def train(
-        self,
-        max_epochs: int | None = None,
-        *,
-        lr: float = 1e-3,
-        weight_decay: float = 5e-4,
-        batch_size: int = 128,
-        warmup_epochs: int | None = None,
-        n_cycles: int = 4,
-        lr_decay: float = 0.995,
-        train_size: float = 0.9,
-        validation_size: float | None = None,
-        early_stopping: bool = False,
-        accelerator: str = "auto",
-        devices: int | list[int] | str = "auto",
-        strategy: str = "auto",
-        seed: int = 0,
-        enable_progress_bar: bool | None = None,
-        datasplitter_kwargs: dict | None = None,
-        plan_kwargs: dict | None = None,
-        **trainer_kwargs,
-    ) -> None:
-        """Train with SAILER's plan (warm-up, cyclical KL annealing, per-epoch LR decay).
-
-        Parameters
-        ----------
-        max_epochs
-            Passes over the training cells; default scvi-tools' heuristic (paper: 400).
-        lr, weight_decay
-            Adam settings (authors: 1e-4, 5e-4).
-        batch_size
-            Cells per step: the MI penalty and the cross-modal term are computed within a step
-            (authors: 200).
-        warmup_epochs
-            Epochs of reconstruction + cross-modal term only; default ``round(max_epochs / 40)``.
-        n_cycles
-            Cyclical annealing cycles after the warm-up (authors: 4).
-        lr_decay
-            Learning-rate factor per epoch (authors: 0.995).
-        train_size, validation_size
-            Fractions of cells for training and validation.
-        early_stopping
-            Stop when ``validation_loss`` stops improving.
-        accelerator, devices, strategy
-            Passed to Lightning.
-        seed
-            Seed of the split, the shuffling and the sampling.
-        enable_progress_bar
-            Show the progress bar; default :attr:`scfound.settings.progress_bar`.
-        datasplitter_kwargs
-            Extra arguments of the data splitter.
-        plan_kwargs
-            Extra arguments of :class:`~scfound.models.sailer.SAILERTrainingPlan`.
-        **trainer_kwargs
-            Passed to :class:`~scvi.train.Trainer`.
-        """
-        import scvi
-        from scvi.model._utils import get_max_epochs_heuristic
-
-        if max_epochs is None:
-            max_epochs = get_max_epochs_heuristic(self.adata.n_obs)
-        if max_epochs < 1:
-            raise ValueError(f"max_epochs must be >= 1, got {max_epochs}.")
-        if warmup_epochs is None:
-            warmup_epochs = round(max_epochs / 40)
-        if not 0 <= warmup_epochs < max_epochs or warmup_epochs != int(warmup_epochs):
-            raise ValueError(
-                f"warmup_epochs must be an integer in [0, max_epochs), got {warmup_epochs}."
-            )
-        if n_cycles < 1:
-            raise ValueError(f"n_cycles must be >= 1, got {n_cycles}.")
-        if batch_size < 2:
-            raise ValueError(
-                f"batch_size must be >= 2 (the loss compares cells), got {batch_size}."
-            )
-        scvi.settings.seed = seed
-        torch.manual_seed(seed)
-        splitter = self._data_splitter_cls(
-            self.adata_manager,
-            train_size=train_size,
-            validation_size=validation_size,
-            batch_size=batch_size,
-            distributed_sampler="ddp" in str(strategy).lower(),
-            cell_data=self._cell_data,
-            **(datasplitter_kwargs or {}),
-        )
-        plan = self._training_plan_cls(
-            self.module,
-            **{
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "eps": 1e-8,
-                "max_epochs": max_epochs,
-                "warmup_epochs": int(warmup_epochs),
-                "n_cycles": n_cycles,
-                "lr_decay": lr_decay,
-                **(plan_kwargs or {}),
-            },
-        )
-        if train_size < 1:
-            trainer_kwargs.setdefault("check_val_every_n_epoch", 1)
-        run_training(
-            self,
-            plan,
-            splitter,
-            max_epochs=max_epochs,
-            enable_progress_bar=enable_progress_bar,
-            accelerator=accelerator,
-            devices=devices,
-            strategy=strategy,
-            early_stopping=early_stopping,
-            early_stopping_monitor="validation_loss",
-            **trainer_kwargs,
-        )
-        self.module.eval()
+    # -------------------------------------------------------------- training
+    def _splitter_kwargs(self) -> dict:
+        """The per-cell RNA reference, paired mask and weights, for every minibatch."""
+        return {"cell_data": self._cell_data}
 
     # -------------------------------------------------------------- inference
-    @torch.inference_mode()
+    def _inference_adata(self, adata: MuData | None) -> MuData:
+        """The model's own MuData (the only one SAILERX embeds)."""
+        if adata is not None and adata is not self.adata:
+            raise ValueError(
+                "SAILERX embeds the cells of the MuData it was set up with; to embed other "
+                "cells, add them (as ATAC-only cells, hybrid=True) and train on them."
+            )
+        return self.adata
+
     def get_latent_representation(
         self,
         adata: MuData | None = None,
@@ -608,22 +498,7 @@ class SAILERX(SafeSaveMixin, MuDataSetupMixin, BaseModelClass):
         -------
         ``(n_cells, n_latent)`` array.
         """
-        if not self.is_trained_:
-            raise RuntimeError(
-                "this SAILERX is not trained: call model.train() first (or load a trained model)."
-            )
-        if adata is not None and adata is not self.adata:
-            raise ValueError(
-                "SAILERX embeds the cells of the MuData it was set up with; to embed other "
-                "cells, add them (as ATAC-only cells, hybrid=True) and train on them."
-            )
-        loader = self._make_data_loader(adata=self.adata, indices=indices, batch_size=batch_size)
-        self.module.eval()
-        out = []
-        for tensors in loader:
-            inf = self.module.inference(**self.module._get_inference_input(tensors))
-            out.append(inf["qz_m"].float().cpu().numpy())
-        return np.concatenate(out, axis=0)
+        return self._forward_batches(adata, indices, batch_size, lambda t, inf: inf["qz_m"])
 
 
 def paired_mask(

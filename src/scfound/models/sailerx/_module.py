@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from scvi import REGISTRY_KEYS
-from scvi.module.base import BaseModuleClass, LossOutput, auto_move_data
+from scvi.module.base import LossOutput
 from torch import nn
 
-from ..sailer._module import pairwise_gaussian_kl
+from ..sailer._module import InvariantBernoulliVAE, mlp
 
 #: per-cell tensors SAILERX's loader adds to every minibatch (see ``_data.CellDataLoader``)
 REFERENCE_KEY = "rna_reference"
@@ -21,10 +19,7 @@ WEIGHT_KEY = "alignment_weight"
 
 def _block(sizes: Sequence[int]) -> nn.Sequential:
     """``Linear -> BatchNorm1d -> PReLU`` for each consecutive pair of ``sizes``."""
-    layers: list[nn.Module] = []
-    for n_in, n_out in itertools.pairwise(sizes):
-        layers += [nn.Linear(n_in, n_out), nn.BatchNorm1d(n_out), nn.PReLU()]
-    return nn.Sequential(*layers)
+    return mlp(sizes, activation=nn.PReLU)
 
 
 def cosine_similarity_matrix(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -132,14 +127,15 @@ class ChromosomeDecoder(nn.Module):
         return torch.cat([net(c) for net, c in zip(self.nets, chunks, strict=True)], dim=1)
 
 
-class SAILERXModule(BaseModuleClass):
+class SAILERXModule(InvariantBernoulliVAE):
     """SAILER's mutual-information-penalised VAE on ATAC, aligned to an RNA reference.
 
-    The encoder reads the binarised peaks of a cell, grouped by chromosome (one network per
-    chromosome); the decoder reconstructs them from ``z`` and the confounders ``c``
-    (standardised log depth, one-hot batch). The loss is SAILER's (per-cell form, see
-    :class:`~scfound.models.sailer.SAILERModule`) plus ``local_weight`` times the cross-modal
-    term :func:`local_structure_loss` on the posterior means.
+    An :class:`~scfound.models.sailer._module.InvariantBernoulliVAE` with chromosome-wise
+    networks: the encoder reads the binarised peaks of a cell, grouped by chromosome (one
+    network per chromosome); the decoder reconstructs them from ``z`` and the confounders ``c``
+    (standardised log depth, one-hot batch). The loss is SAILER's (per-cell form) plus
+    ``local_weight`` times the cross-modal term :func:`local_structure_loss` on the posterior
+    means.
 
     Parameters
     ----------
@@ -161,6 +157,8 @@ class SAILERXModule(BaseModuleClass):
         ``Gamma``, weight of the cross-modal term.
     """
 
+    x_key = REGISTRY_KEYS.ATAC_X_KEY
+
     def __init__(
         self,
         n_input: int,
@@ -172,18 +170,16 @@ class SAILERXModule(BaseModuleClass):
         pos_weight: float = 1.0,
         local_weight: float = 1.0,
     ):
-        super().__init__()
         chrom_sizes = [int(s) for s in chrom_sizes]
         if sum(chrom_sizes) != n_input or min(chrom_sizes) < 1:
             raise ValueError(
                 f"chrom_sizes must be positive and sum to n_input={n_input}, got {chrom_sizes}."
             )
-        self.n_input, self.n_batch, self.n_latent = n_input, n_batch, n_latent
-        self.mi_weight, self.local_weight = float(mi_weight), float(local_weight)
+        super().__init__(n_input, n_batch, 0, n_latent, mi_weight, pos_weight)
+        self.local_weight = float(local_weight)
         self.encoder = ChromosomeEncoder(chrom_sizes, n_hidden)
         self.mean_encoder = nn.Linear(self.encoder.n_output, n_latent)
         self.var_encoder = nn.Linear(self.encoder.n_output, n_latent)
-        self.n_confounders = 1 + (n_batch if n_batch > 1 else 0)
         self.decoder = ChromosomeDecoder(n_latent + self.n_confounders, chrom_sizes, n_hidden)
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -191,55 +187,10 @@ class SAILERXModule(BaseModuleClass):
                 nn.init.zeros_(module.bias)
         #: column order that groups the peaks by chromosome (set by the model)
         self.register_buffer("peak_order", torch.arange(n_input))
-        self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
-        self.register_buffer("depth_mean", torch.tensor(0.0))
-        self.register_buffer("depth_std", torch.tensor(1.0))
 
-    # ------------------------------------------------------------------ inputs
-    def _get_inference_input(self, tensors: dict[str, torch.Tensor], **kwargs) -> dict:
-        return {"x": tensors[REGISTRY_KEYS.ATAC_X_KEY]}
-
-    def _get_generative_input(
-        self, tensors: dict[str, torch.Tensor], inference_outputs: dict, **kwargs
-    ) -> dict:
-        return {
-            "z": inference_outputs["z"],
-            "log_depth": inference_outputs["log_depth"],
-            "batch_index": tensors.get(REGISTRY_KEYS.BATCH_KEY),
-        }
-
-    def confounders(
-        self, log_depth: torch.Tensor, batch_index: torch.Tensor | None
-    ) -> torch.Tensor:
-        """The decoder's ``c``: standardised log depth and one-hot batch."""
-        parts = [((log_depth - self.depth_mean) / self.depth_std).reshape(-1, 1)]
-        if self.n_batch > 1:
-            parts.append(F.one_hot(batch_index.reshape(-1).long(), self.n_batch).float())
-        return torch.cat(parts, dim=1)
-
-    # ------------------------------------------------------------------ model
-    @auto_move_data
-    def inference(self, x: torch.Tensor, n_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Posterior ``q(z|x)`` of the binarised profile (peaks grouped by chromosome)."""
-        x = (x[:, self.peak_order] > 0).float()
-        log_depth = torch.log(x.sum(1).clamp(min=1.0))
-        hidden = self.encoder(x)
-        qz_m = self.mean_encoder(hidden)
-        qz_v = torch.exp(self.var_encoder(hidden).clamp(-15.0, 15.0)) + 1e-6
-        # std = exp(log var / 2) in sampling and in the KL terms (the authors' code mixes both)
-        z = qz_m + qz_v.sqrt() * torch.randn_like(qz_m) if self.training else qz_m
-        return {"qz_m": qz_m, "qz_v": qz_v, "z": z, "x": x, "log_depth": log_depth}
-
-    @auto_move_data
-    def generative(
-        self,
-        z: torch.Tensor,
-        log_depth: torch.Tensor,
-        batch_index: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Logits of ``p(x|z, c)``, peaks grouped by chromosome."""
-        c = self.confounders(log_depth, batch_index)
-        return {"px_logits": self.decoder(torch.cat([z, c], dim=1))}
+    def binarize(self, x: torch.Tensor) -> torch.Tensor:
+        """The 0/1 profile with the peaks grouped by chromosome."""
+        return (x[:, self.peak_order] > 0).float()
 
     def loss(
         self,
@@ -250,17 +201,14 @@ class SAILERXModule(BaseModuleClass):
     ) -> LossOutput:
         """``mean[(1 + lambda) BCE + beta KL] + beta lambda M_pair + Gamma L_local``.
 
-        ``L_local`` (:func:`local_structure_loss`) is computed on the cells of the minibatch
-        that have an RNA reference; a minibatch without the loader's reference tensors (or
-        without paired cells) adds 0.
+        SAILER's loss (:meth:`InvariantBernoulliVAE.loss
+        <scfound.models.sailer._module.InvariantBernoulliVAE.loss>`) plus ``L_local``
+        (:func:`local_structure_loss`), computed on the cells of the minibatch that have an RNA
+        reference; a minibatch without the loader's reference tensors (or without paired cells)
+        adds 0.
         """
-        x = inference_outputs["x"]
-        qz_m, qz_v = inference_outputs["qz_m"], inference_outputs["qz_v"]
-        reconstruction = F.binary_cross_entropy_with_logits(
-            generative_outputs["px_logits"], x, pos_weight=self.pos_weight, reduction="none"
-        ).sum(1)
-        kl_prior = 0.5 * (qz_v + qz_m**2 - 1.0 - torch.log(qz_v)).sum(1)
-        mi = pairwise_gaussian_kl(qz_m, qz_v)
+        out = super().loss(tensors, inference_outputs, generative_outputs, kl_weight)
+        qz_m = inference_outputs["qz_m"]
         if REFERENCE_KEY in tensors:
             local = local_structure_loss(
                 tensors[REFERENCE_KEY],
@@ -271,19 +219,6 @@ class SAILERXModule(BaseModuleClass):
             )
         else:
             local = torch.zeros((), device=qz_m.device)
-        lam = self.mi_weight
-        loss = (
-            ((1.0 + lam) * reconstruction + kl_weight * kl_prior).mean()
-            + kl_weight * lam * mi
-            + self.local_weight * local
-        )
-        return LossOutput(
-            loss=loss,
-            reconstruction_loss=reconstruction,
-            kl_local=kl_prior,
-            extra_metrics={
-                "mi_penalty": mi.detach(),
-                "local_loss": local.detach(),
-                "kl_weight": torch.as_tensor(kl_weight),
-            },
-        )
+        out.loss = out.loss + self.local_weight * local
+        out.extra_metrics["local_loss"] = local.detach()
+        return out
