@@ -147,6 +147,11 @@ def test_pretrain_save_load_round_trip(corpus, tmp_path, likelihood):
     model.save(str(tmp_path / "m"))
     loaded = sf.CellPLM.load(str(tmp_path / "m"), corpus)
     np.testing.assert_allclose(loaded.get_latent_representation(), z, atol=1e-6)
+    genes = model.get_gene_embeddings()
+    assert list(genes.index) == list(model.vocabulary) and genes.shape[1] == TINY["n_hidden"]
+    pd.testing.assert_frame_equal(loaded.get_gene_embeddings(), genes)
+    genes.iloc[0, 0] += 1.0  # a copy: editing it leaves the model as it was
+    assert model.get_gene_embeddings().iloc[0, 0] != genes.iloc[0, 0]
 
 
 def test_imputed_expression_is_a_frame_of_the_decoded_genes(corpus):

@@ -39,6 +39,7 @@ from ..base import (
     check_model_data,
     register_fields,
 )
+from ..base._vocabulary import gene_table
 from ._module import PERTURBED_KEY, CellPLMModule
 
 logger = logging.getLogger(__name__)
@@ -590,6 +591,22 @@ class CellPLM(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         """One dict for ``fn(tensors, outputs)``: inference outputs updated by the decoder's."""
         inference_outputs, generative_outputs = super()._group_forward(tensors, decode)
         return ({**inference_outputs, **generative_outputs},)
+
+    def get_gene_embeddings(self, genes: Sequence[str] | None = None) -> pd.DataFrame:
+        """The gene embedding table of the expression embedder: genes x ``n_hidden``.
+
+        Parameters
+        ----------
+        genes
+            Genes to return, in this order (default the whole vocabulary). Genes the
+            vocabulary lacks get NaN rows and a warning with their count; none known is an
+            error.
+
+        Returns
+        -------
+        DataFrame of ``float32`` values indexed by gene.
+        """
+        return gene_table(self.module.embedder.gene_embedding, self.vocabulary, genes)
 
     def get_latent_representation(
         self, adata: AnnData | None = None, max_cells: int | None = INFERENCE_MAX_CELLS

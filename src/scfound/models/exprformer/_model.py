@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Literal
 
@@ -22,6 +21,7 @@ from scfound._utils import check_expression, check_scale, get_matrix, layer_name
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter
 
 from ..base import GroupModelMixin, SafeSaveMixin, check_model_data, register_fields
+from ..base._vocabulary import gene_table
 from ..cellplm._model import map_genes
 from ._module import ExpressionTransformerModule
 
@@ -456,30 +456,7 @@ class ExpressionTransformer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         -------
         DataFrame of ``float32`` values indexed by gene.
         """
-        table = self.module.gene_embedding.weight.detach().float().cpu().numpy()
-        if genes is None:
-            return pd.DataFrame(table, index=pd.Index(self.vocabulary, name="gene"))
-        genes = [str(g) for g in genes]
-        lookup = {g: i for i, g in enumerate(self.vocabulary)}
-        index = np.array([lookup.get(g, -1) for g in genes], dtype=np.int64)
-        unknown = int((index < 0).sum())
-        if unknown == len(genes):
-            raise ValueError(
-                f"none of the {len(genes)} genes is in the model's vocabulary of "
-                f"{len(self.vocabulary)} genes (genes: {genes[:3]}, vocabulary: "
-                f"{self.vocabulary[:3]}); pass gene identifiers of the vocabulary (`gene_key=`)."
-            )
-        if unknown:
-            warnings.warn(
-                f"{unknown} of {len(genes)} genes are not in the model's vocabulary (e.g. "
-                f"{[g for g, i in zip(genes, index, strict=True) if i < 0][:5]}); their "
-                "embeddings are NaN.",
-                UserWarning,
-                stacklevel=2,
-            )
-        values = np.full((len(genes), table.shape[1]), np.nan, dtype=np.float32)
-        values[index >= 0] = table[index[index >= 0]]
-        return pd.DataFrame(values, index=pd.Index(genes, name="gene"))
+        return gene_table(self.module.gene_embedding.weight, self.vocabulary, genes)
 
     def get_denoised_expression(
         self,

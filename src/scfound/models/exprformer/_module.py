@@ -66,6 +66,10 @@ def multihead_attention(
     return out.transpose(1, 2).reshape(B, Lq, d)
 
 
+#: standard deviation of the initial gene-token and expression-bin tables
+EMBEDDING_INIT_STD = 0.02
+
+
 class EncoderLayer(nn.Module):
     """Pre-LN transformer layer: ``H' = MSA(LN(H)) + H; H = FFN(LN(H')) + H'``.
 
@@ -211,6 +215,10 @@ class ExpressionTransformerModule(BaseModuleClass):
         self.register_buffer("input_genes", torch.as_tensor(input_genes, dtype=torch.long))
         self.gene_embedding = nn.Embedding(n_vocab, n_hidden)
         self.expression_embedding = nn.Embedding(n_bins, n_hidden)
+        # small initial tables (BERT's 0.02): with PyTorch's N(0, 1) a short pre-training at
+        # lr 1e-4 barely moves the gene table, so its rows stay close to random vectors
+        for table in (self.gene_embedding, self.expression_embedding):
+            nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
         self.encoder = nn.ModuleList(
             EncoderLayer(n_hidden, n_heads, dropout, ffn_mult, attn_dropout)
             for _ in range(n_layers)
