@@ -444,3 +444,24 @@ def test_annotation_errors():
         per_class_scores(np.zeros((2, 2)), np.zeros((2, 2)))
     with pytest.raises(ValueError, match="`predicted` has 1;"):
         per_class_scores(["a", "b"], ["a"])
+
+
+def test_embedding_scores_tell_mixed_from_separated_batches():
+    from scfound.metrics import embedding_scores
+
+    rng = np.random.default_rng(0)
+    types = np.repeat([0, 1, 2], 100)
+    batch = np.tile(["x", "y"], 150)
+    mixed = rng.normal(size=(300, 10)) + 6 * np.eye(3, 10)[types]
+    # the same types, but every batch shifted away from the other
+    split = mixed + 8 * np.eye(10)[9][None] * (batch == "y")[:, None]
+    good = embedding_scores(mixed, types, batch)
+    bad = embedding_scores(split, types, batch)
+    assert set(good) == {"nmi", "ari", "asw_label", "asw_batch", "ilisi", "graph_connectivity"}
+    assert good["nmi"] > 0.95 and good["ari"] > 0.95
+    assert good["asw_batch"] > bad["asw_batch"] + 0.3 and good["ilisi"] > bad["ilisi"] + 0.5
+    assert set(embedding_scores(mixed, types)) == {"nmi", "ari", "asw_label"}  # no batch
+    with pytest.raises(ValueError, match="labels"):
+        embedding_scores(mixed, types[:10])
+    with pytest.raises(ValueError, match="finite"):
+        embedding_scores(np.full((300, 2), np.nan), types)
