@@ -465,3 +465,22 @@ def test_embedding_scores_tell_mixed_from_separated_batches():
         embedding_scores(mixed, types[:10])
     with pytest.raises(ValueError, match="finite"):
         embedding_scores(np.full((300, 2), np.nan), types)
+
+
+def test_graph_clustering_scores_match_the_embedding_path():
+    import anndata as ad
+    import scanpy as sc
+
+    from scfound.metrics import clustering_scores, graph_clustering_scores
+
+    rng = np.random.default_rng(1)
+    labels = np.repeat([0, 1, 2], 60)
+    X = rng.normal(size=(180, 8)) + 2.5 * np.eye(3, 8)[labels]
+    tmp = ad.AnnData(X)
+    sc.pp.neighbors(tmp, use_rep="X", transformer="sklearn", random_state=0)
+    from_graph = graph_clustering_scores(tmp.obsp["connectivities"], labels)
+    assert from_graph == clustering_scores(X, labels, n_pcs=None)
+    noise = graph_clustering_scores(tmp.obsp["connectivities"], rng.permutation(labels))
+    assert from_graph["ari"] > 0.5 > noise["ari"]
+    with pytest.raises(ValueError, match="square"):
+        graph_clustering_scores(np.ones((4, 3)), labels[:4])

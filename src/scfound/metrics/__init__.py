@@ -1,7 +1,7 @@
 """Evaluation metrics: one definition of each score used in benchmarks and tools."""
 
 from ._annotation import annotation_scores, per_class_scores
-from ._clustering import clustering_scores
+from ._clustering import clustering_scores, graph_clustering_scores
 from ._embedding import embedding_scores
 from ._gene_pairs import gene_pair_auc
 from ._imputation import heldout_gene_scores, imputation_scores, normalize_log1p, per_gene_scores
@@ -12,6 +12,7 @@ __all__ = [
     "clustering_scores",
     "embedding_scores",
     "gene_pair_auc",
+    "graph_clustering_scores",
     "heldout_gene_scores",
     "imputation_scores",
     "matching_score",

@@ -82,11 +82,7 @@ def clustering_scores(
     values = X.data if sp.issparse(X) else np.asarray(X)
     if not np.all(np.isfinite(values)):
         raise ValueError("`X` contains NaN or infinite values.")
-    if resolutions is None:
-        resolutions = np.round(np.arange(0.1, 2.01, 0.1), 10)
-    resolutions = np.atleast_1d(np.asarray(resolutions, dtype=float))
-    if resolutions.size == 0 or not np.all(resolutions > 0):
-        raise ValueError(f"`resolutions` must be non-empty and positive, got {resolutions!r}.")
+    resolutions = _resolutions(resolutions)
     if (n_pcs is not None and n_pcs < 1) or n_neighbors < 1:
         raise ValueError(f"`n_pcs` and `n_neighbors` must be positive, got {n_pcs}, {n_neighbors}.")
 
@@ -106,6 +102,58 @@ def clustering_scores(
         random_state=seed,
         transformer="sklearn",
     )
+
+    return _leiden_scores(tmp, labels, resolutions, seed, at_n_labels)
+
+
+def graph_clustering_scores(
+    connectivities: sp.spmatrix | np.ndarray,
+    labels: Sequence | np.ndarray | pd.Series,
+    *,
+    resolutions: Sequence[float] | np.ndarray | None = None,
+    seed: int = 0,
+    at_n_labels: bool = False,
+) -> dict[str, float | int]:
+    """:func:`clustering_scores` of a given cell graph (e.g. muon's WNN graph).
+
+    Parameters
+    ----------
+    connectivities
+        Cells x cells weighted adjacency (as ``obsp["connectivities"]``).
+    labels, resolutions, seed, at_n_labels
+        As in :func:`clustering_scores`.
+
+    Returns
+    -------
+    As :func:`clustering_scores`.
+    """
+    graph = sp.csr_matrix(connectivities, dtype=np.float64)
+    n_obs = graph.shape[0]
+    if graph.shape != (n_obs, n_obs) or n_obs < 3:
+        raise ValueError(f"`connectivities` must be a square cell graph, got {graph.shape}.")
+    labels = np.asarray(labels)
+    if labels.shape != (n_obs,):
+        raise ValueError(f"`labels` has shape {labels.shape}, expected ({n_obs},) (one per cell).")
+    tmp = AnnData(obs=pd.DataFrame(index=[str(i) for i in range(n_obs)]))
+    tmp.obsp["connectivities"] = graph
+    tmp.uns["neighbors"] = {"connectivities_key": "connectivities", "params": {}}
+    return _leiden_scores(tmp, labels, _resolutions(resolutions), seed, at_n_labels)
+
+
+def _resolutions(resolutions) -> np.ndarray:
+    if resolutions is None:
+        resolutions = np.round(np.arange(0.1, 2.01, 0.1), 10)
+    resolutions = np.atleast_1d(np.asarray(resolutions, dtype=float))
+    if resolutions.size == 0 or not np.all(resolutions > 0):
+        raise ValueError(f"`resolutions` must be non-empty and positive, got {resolutions!r}.")
+    return resolutions
+
+
+def _leiden_scores(
+    tmp: AnnData, labels: np.ndarray, resolutions: np.ndarray, seed: int, at_n_labels: bool
+) -> dict[str, float | int]:
+    """Best ARI (and its NMI) of Leiden on ``tmp``'s neighbour graph over ``resolutions``."""
+    import scanpy as sc
 
     n_labels = len(pd.unique(labels))
     best: dict[str, float | int] | None = None
