@@ -445,3 +445,39 @@ def scvi_impute(
     )
     library = np.where(totals > 0, totals, target_sum)
     return (np.asarray(norm, dtype=np.float64) * library[:, None]).astype(np.float32)
+
+
+def wnn_graph(embeddings: Mapping[str, np.ndarray], seed: int = 0, n_neighbors: int = 15):
+    """Muon's weighted-nearest-neighbour graph of the same cells in several modalities.
+
+    Parameters
+    ----------
+    embeddings
+        Modality name -> cells x dimensions representation (e.g. RNA PCA, CLR proteins, LSI),
+        rows in the same cell order.
+    seed
+        Random seed of the neighbour searches.
+    n_neighbors
+        Neighbours of each modality's graph and of the joint graph.
+
+    Returns
+    -------
+    The joint graph's connectivities (cells x cells, sparse).
+    """
+    import anndata as ad
+    import mudata
+    import muon as mu
+    import scanpy as sc
+
+    parts = {}
+    for name, emb in embeddings.items():
+        emb = np.asarray(emb, dtype=np.float32)
+        part = ad.AnnData(np.zeros((len(emb), 1), np.float32), obsm={"X_emb": emb})
+        part.obs_names = [f"c{i}" for i in range(len(emb))]
+        sc.pp.neighbors(
+            part, n_neighbors=n_neighbors, use_rep="X_emb", random_state=seed, transformer="sklearn"
+        )
+        parts[name] = part
+    joint = mudata.MuData(parts)
+    mu.pp.neighbors(joint, n_neighbors=n_neighbors, key_added="wnn", random_state=seed)
+    return joint.obsp["wnn_connectivities"]
