@@ -71,7 +71,7 @@ from ._module import (
 logger = logging.getLogger(__name__)
 
 #: optimisation steps of a default training run (the authors: 500 full-batch epochs)
-DEFAULT_STEPS = 500
+DEFAULT_STEPS = 1000
 #: below this many reference genes, a reference is a targeted panel (:func:`reference_breadth`)
 PANEL_GENES = 500
 #: a reference that shares at least this fraction of its genes with the spatial data is a panel
@@ -585,7 +585,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
         Parameters
         ----------
         max_epochs
-            Passes over the spatial cells. Default: enough for about :data:`DEFAULT_STEPS` (500)
+            Passes over the spatial cells. Default: enough for about :data:`DEFAULT_STEPS` (1000)
             optimisation steps, as the authors' 500 full-batch epochs.
         lr
             Adam learning rate (stAI: 2e-3, no weight decay).
