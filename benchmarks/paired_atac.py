@@ -52,11 +52,11 @@ import numpy as np
 import pandas as pd
 
 import scfound as sf
-from scfound.metrics import clustering_scores
+from _baselines import wnn_graph  # sibling module of this script
+from scfound.metrics import clustering_scores, graph_clustering_scores
 from scfound.models.sailerx._model import rna_pca
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mop_snareseq.h5mu")
-RESOLUTIONS = np.round(np.arange(0.1, 2.01, 0.1), 2)
 
 
 def leiden_scores(Z: np.ndarray, labels: pd.Series, seed: int) -> dict:
@@ -96,45 +96,9 @@ def lsi(atac, n_comps: int) -> np.ndarray:
 
 def wnn_scores(rna_emb: np.ndarray, lsi_emb: np.ndarray, labels: pd.Series, seed: int) -> dict:
     """Leiden on muon's WNN graph, same resolutions and choices as ``leiden_scores``."""
-    import anndata as ad
-    import muon as mu
-    import scanpy as sc
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    parts = {}
-    for name, emb in (("rna", rna_emb), ("atac", lsi_emb)):
-        part = ad.AnnData(np.zeros((len(emb), 1), np.float32), obsm={"X_emb": emb})
-        part.obs_names = labels.index
-        sc.pp.neighbors(
-            part, n_neighbors=15, use_rep="X_emb", random_state=seed, transformer="sklearn"
-        )
-        parts[name] = part
-    mdata = mudata.MuData(parts)
-    mu.pp.neighbors(mdata, n_neighbors=15, key_added="wnn", random_state=seed)
-    n_types = labels.nunique()
-    runs = []
-    for resolution in RESOLUTIONS:
-        sc.tl.leiden(
-            mdata,
-            resolution=float(resolution),
-            neighbors_key="wnn",
-            flavor="igraph",
-            n_iterations=2,
-            directed=False,
-            random_state=seed,
-            key_added="_leiden",
-        )
-        clusters = mdata.obs["_leiden"].to_numpy()
-        runs.append(
-            (
-                adjusted_rand_score(labels, clusters),
-                normalized_mutual_info_score(labels, clusters),
-                abs(len(set(clusters)) - n_types),
-            )
-        )
-    best = max(runs, key=lambda r: r[0])
-    at_k = min(runs, key=lambda r: (r[2], -r[0]))
-    return {"ARI": float(best[0]), "NMI": float(best[1]), "ARI@k": float(at_k[0])}
+    graph = wnn_graph({"rna": rna_emb, "atac": lsi_emb}, seed)
+    out = graph_clustering_scores(graph, labels.to_numpy(), seed=seed, at_n_labels=True)
+    return {"ARI": out["ari"], "NMI": out["nmi"], "ARI@k": out["ari_at_k"]}
 
 
 def fit_sailerx(mdata, args, seed: int, local_weight: float, hybrid: bool = False):
