@@ -29,8 +29,8 @@ clusters is closest to the number of types; cell-type ASW (``scib_metrics.silhou
 rescaled to [0, 1]); the recall of the rare types (the share of their cells whose 15 nearest
 neighbours in the embedding are mostly of their own type); I(z, depth) (mean over dimensions of
 the KSG mutual information with the log fragment count,
-``sklearn.feature_selection.mutual_info_regression``); and on Sim3 batch mixing: I(z, batch)
-(``mutual_info_classif``), batch ASW (``scib_metrics.silhouette_batch``) and iLISI
+:func:`scfound.metrics.confounder_information`); and on Sim3 batch mixing: I(z, batch)
+(the same, batch as categories), batch ASW (``scib_metrics.silhouette_batch``) and iLISI
 (``scib_metrics.ilisi_knn`` on a 90-neighbour graph), both scaled so that 1 is perfect mixing.
 
 Usage::
@@ -57,7 +57,6 @@ from datetime import datetime
 import mudata
 import numpy as np
 import pandas as pd
-from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
 
 import scfound as sf
 from scfound.metrics import clustering_scores
@@ -171,13 +170,11 @@ def scores(Z: np.ndarray, adata, seed: int) -> dict:
         "ARI@k": leiden["ari_at_k"],
         "ASW_type": float(scib_metrics.silhouette_label(Z, labels.to_numpy())),
         "rare_recall": rare_recall(Z, labels),
-        "I(z,depth)": float(mutual_info_regression(Z, depth, random_state=seed).mean()),
+        "I(z,depth)": sf.metrics.confounder_information(Z, depth, seed=seed),
     }
     if adata.obs["batch"].nunique() > 1:
         batch = adata.obs["batch"].astype(str).to_numpy()
-        row["I(z,batch)"] = float(
-            mutual_info_classif(Z, adata.obs["batch"].cat.codes, random_state=seed).mean()
-        )
+        row["I(z,batch)"] = sf.metrics.confounder_information(Z, batch, seed=seed)
         row["ASW_batch"] = float(scib_metrics.silhouette_batch(Z, labels.to_numpy(), batch))
         row["iLISI"] = float(
             scib_metrics.ilisi_knn(pynndescent(Z, n_neighbors=90, random_state=seed), batch)

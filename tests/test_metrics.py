@@ -467,6 +467,32 @@ def test_embedding_scores_tell_mixed_from_separated_batches():
         embedding_scores(np.full((300, 2), np.nan), types)
 
 
+def test_confounder_information_finds_the_confounder():
+    from scfound.metrics import confounder_information
+
+    rng = np.random.default_rng(0)
+    depth = rng.normal(size=400)
+    batch = np.repeat(["a", "b"], 200)
+    free = rng.normal(size=(400, 3))
+    with_depth = np.c_[free, depth + 0.1 * rng.normal(size=400)]
+    with_batch = free + 3.0 * (batch == "b")[:, None]
+    assert confounder_information(with_depth, depth) > confounder_information(free, depth) + 0.3
+    assert confounder_information(free, depth) < 0.1
+    assert confounder_information(with_batch, batch) > confounder_information(free, batch) + 0.3
+    assert confounder_information(free, pd.Series(batch, dtype="category")) < 0.1
+    # integer batch codes as categories when told
+    codes = (batch == "b").astype(int)
+    assert confounder_information(with_batch, codes, categorical=True) == pytest.approx(
+        confounder_information(with_batch, batch)
+    )
+    with pytest.raises(ValueError, match="confounder"):
+        confounder_information(free, depth[:10])
+    with pytest.raises(ValueError, match="NaN"):
+        confounder_information(free, np.r_[depth[:-1], np.nan])
+    with pytest.raises(ValueError, match="finite"):
+        confounder_information(np.full((400, 2), np.inf), depth)
+
+
 def test_graph_clustering_scores_match_the_embedding_path():
     import anndata as ad
     import scanpy as sc

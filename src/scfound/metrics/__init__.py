@@ -2,7 +2,7 @@
 
 from ._annotation import annotation_scores, per_class_scores
 from ._clustering import clustering_scores, graph_clustering_scores
-from ._embedding import embedding_scores
+from ._embedding import confounder_information, embedding_scores
 from ._gene_pairs import gene_pair_auc
 from ._imputation import heldout_gene_scores, imputation_scores, normalize_log1p, per_gene_scores
 from ._multiomics import matching_score, modality_prediction_scores
@@ -10,6 +10,7 @@ from ._multiomics import matching_score, modality_prediction_scores
 __all__ = [
     "annotation_scores",
     "clustering_scores",
+    "confounder_information",
     "embedding_scores",
     "gene_pair_auc",
     "graph_clustering_scores",

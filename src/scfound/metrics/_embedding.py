@@ -100,3 +100,59 @@ def embedding_scores(
     graph = _neighbors(X, min(n_neighbors, X.shape[0] - 1))
     out["graph_connectivity"] = float(scib_metrics.graph_connectivity(graph, labels))
     return out
+
+
+def confounder_information(
+    X: np.ndarray,
+    confounder: Sequence | np.ndarray | pd.Series,
+    *,
+    categorical: bool | None = None,
+    seed: int = 0,
+) -> float:
+    """Information an embedding keeps about a confounder, I(z, c) as in SAILER's evaluation.
+
+    The mean over the embedding's dimensions of the mutual information between each dimension
+    and the confounder, by scikit-learn's nearest-neighbour estimators
+    (:func:`~sklearn.feature_selection.mutual_info_regression` for a continuous confounder
+    such as the log read depth, :func:`~sklearn.feature_selection.mutual_info_classif` for a
+    categorical one such as the batch). 0 means no dimension tells anything about the
+    confounder; lower is better for an embedding meant to be free of it.
+
+    Parameters
+    ----------
+    X
+        Cells x dimensions embedding.
+    confounder
+        One value per cell: numbers (e.g. ``log(n_fragments)``) or categories (e.g. batches).
+    categorical
+        Whether ``confounder`` is categorical; by default, when its values are not numbers.
+    seed
+        Random state of the estimators (they add a little noise to break ties).
+
+    Returns
+    -------
+    Mean mutual information in nats.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is not a finite 2-d array, or ``confounder`` does not have one finite value per
+        cell.
+    """
+    from sklearn.feature_selection import mutual_info_classif, mutual_info_regression
+
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or not np.isfinite(X).all():
+        raise ValueError(f"`X` must be a finite 2-d cells x dimensions array, got {X.shape}.")
+    values = pd.Series(np.asarray(confounder))
+    if values.shape != (X.shape[0],):
+        raise ValueError(f"`confounder` has shape {values.shape}, expected ({X.shape[0]},).")
+    if categorical is None:
+        categorical = not pd.api.types.is_numeric_dtype(values)
+    if categorical:
+        codes = pd.factorize(values.astype(str))[0]
+        return float(mutual_info_classif(X, codes, random_state=seed).mean())
+    numbers = values.to_numpy(dtype=np.float64)
+    if not np.isfinite(numbers).all():
+        raise ValueError("`confounder` has NaN or infinite values.")
+    return float(mutual_info_regression(X, numbers, random_state=seed).mean())
