@@ -349,23 +349,42 @@ def imputation_task(
 
 
 # ------------------------------------------------------------------------------------ speed
-def speed_worker(mode: str, n_cells: int, n_steps: int, batch_size: int, seed: int) -> dict:
+SPEED_DATA = {"pbmc5k": ("pbmc5k_rna.h5ad", None), "pbmc10k": ("pbmc10k_cite.h5mu", "rna")}
+
+
+def speed_worker(
+    mode: str,
+    n_cells: int,
+    n_steps: int,
+    batch_size: int,
+    seed: int,
+    device: str = "cpu",
+    precision: str = "32",
+    data: str = "pbmc5k",
+) -> dict:
     """``n_steps`` passes of training steps over ``n_cells`` cells in one batching ``mode``.
 
-    Every mode sees the same cells and tokens; returns tokens/s and peak memory.
+    Every mode sees the same cells and tokens; returns tokens/s and peak memory (resident memory
+    of the process on a CPU, allocated device memory on a GPU). One untimed step first (CUDA
+    start-up, kernel selection). ``precision="bf16"``: the forward pass under
+    ``torch.autocast(dtype=torch.bfloat16)``.
     """
     import psutil
 
     torch.manual_seed(seed)
-    adata = _rna("pbmc5k_rna.h5ad", None)
+    adata = _rna(*SPEED_DATA[data])
     rng = np.random.default_rng(seed)
     adata = adata[np.sort(rng.choice(adata.n_obs, n_cells, replace=False))].copy()
     sf.ExpressionTransformer.setup_anndata(adata, layer=None)
     model = sf.ExpressionTransformer(
         adata, preset="small", batch_size=batch_size, length_buckets=mode == "bucketed"
     )
-    module = model.module.train()
-    X = torch.from_numpy(adata.X.toarray())
+    module = model.module.train().to(device)
+    X = torch.from_numpy(adata.X.toarray()).to(device)
+    cuda = torch.device(device).type == "cuda"
+    autocast = torch.autocast(
+        torch.device(device).type, dtype=torch.bfloat16, enabled=precision == "bf16"
+    )
     if mode == "bucketed":
         codes = model._group_codes()
         batches = [
@@ -391,37 +410,53 @@ def speed_worker(mode: str, n_cells: int, n_steps: int, batch_size: int, seed: i
             peak[0] = max(peak[0], process.memory_info().rss)
             time.sleep(0.005)
 
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    tokens = positions = 0
-    start = time.perf_counter()
-    for step in range(n_steps * len(batches)):
-        x = X[batches[step % len(batches)]]
-        batch = module.tokenize(x, mask=True)
+    def step(index: np.ndarray) -> tuple[int, int]:
+        batch = module.tokenize(X[torch.as_tensor(index, device=X.device)], mask=True)
         if mode == "padded_1100":
             pad = module.max_tokens - batch["tokens"].shape[1]
             for key in ("tokens", "bins", "valid", "masked", "values"):
                 batch[key] = torch.nn.functional.pad(batch[key], (0, pad))
-        h = module.encode(batch["tokens"], batch["valid"])
-        pred = module.generative(
-            h, batch["bins"], batch["valid"], batch["masked"], batch["cell_max"]
-        )["prediction"]
-        loss = ((pred - batch["values"]) ** 2)[batch["masked"]].mean()
+        with autocast:
+            h = module.encode(batch["tokens"], batch["valid"])
+            pred = module.generative(
+                h, batch["bins"], batch["valid"], batch["masked"], batch["cell_max"]
+            )["prediction"]
+        loss = ((pred.float() - batch["values"]) ** 2)[batch["masked"]].mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        tokens += int(batch["valid"].sum())
-        positions += batch["valid"].numel()
+        return int(batch["valid"].sum()), batch["valid"].numel()
+
+    step(batches[0])  # untimed
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base_device = torch.cuda.memory_allocated()
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    tokens = positions = 0
+    start = time.perf_counter()
+    for i in range(n_steps * len(batches)):
+        n_tokens, n_positions = step(batches[i % len(batches)])
+        tokens += n_tokens
+        positions += n_positions
+    if cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     stop.set()
     thread.join()
+    if cuda:
+        peak_mb = (torch.cuda.max_memory_allocated() - base_device) / 2**20
+    else:
+        peak_mb = (peak[0] - base) / 2**20
     return {
+        "device": device if precision == "32" else f"{device} ({precision})",
         "batching": mode,
         "steps": n_steps * len(batches),
         "mean cells/step": n_cells / len(batches),
         "tokens/s": tokens / seconds,
         "padding (% of positions)": 100 * (1 - tokens / positions),
-        "peak memory above start (MB)": (peak[0] - base) / 2**20,
+        "peak memory above start (MB)": peak_mb,
         "s": seconds,
     }
 
@@ -441,6 +476,12 @@ def speed_task(args) -> pd.DataFrame:
             str(args.speed_passes),
             "--seeds",
             str(args.seeds[0]),
+            "--speed-device",
+            args.speed_device,
+            "--speed-precision",
+            args.speed_precision,
+            "--speed-data",
+            args.speed_data,
         ]
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -596,11 +637,13 @@ def write(per_seed: dict[int, dict], speed: pd.DataFrame | None, args, seconds: 
             ]
     if speed is not None:
         lines += [
-            f"## Speed ({args.speed_cells} PBMC 5k cells, small preset, 1 process each)",
+            f"## Speed ({args.speed_cells} {args.speed_data} cells, small preset, "
+            f"{args.speed_device}, 1 process each)",
             "",
             speed.to_markdown(index=False, floatfmt=".1f"),
             "",
-            "Peak memory: resident memory above the start of the loop (CPU), sampled every 5 ms.",
+            "Peak memory: resident memory above the start of the loop (CPU), sampled every 5 ms; "
+            "on a GPU, allocated device memory above the start of the loop.",
             "",
         ]
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -635,6 +678,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--finetune-epochs", type=int, default=0)
     p.add_argument("--speed-cells", type=int, default=256)
     p.add_argument("--speed-passes", type=int, default=1)
+    p.add_argument("--speed-device", default="cpu", help="torch device of the speed part")
+    p.add_argument("--speed-precision", choices=["32", "bf16"], default="32")
+    p.add_argument("--speed-data", choices=list(SPEED_DATA), default="pbmc5k")
     p.add_argument("--speed-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument(
         "--parts",
@@ -646,7 +692,14 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.speed_worker:
         result = speed_worker(
-            args.speed_worker, args.speed_cells, args.speed_passes, 32, args.seeds[0]
+            args.speed_worker,
+            args.speed_cells,
+            args.speed_passes,
+            32,
+            args.seeds[0],
+            device=args.speed_device,
+            precision=args.speed_precision,
+            data=args.speed_data,
         )
         print(json.dumps(result))
         return

@@ -17,6 +17,8 @@ Methods, all in the same run on the same cells:
   first);
 * ``concat_pca``: RNA PCs and ATAC LSI concatenated, each block divided by its root mean
   square norm so both weigh the same;
+* ``multivi``: scvi-tools' ``MULTIVI`` at its defaults (at most 500 epochs with early stopping;
+  ``--multivi-epochs``) on the RNA and ATAC counts, its latent means;
 * ``wnn``: ``muon.pp.neighbors`` (weighted nearest neighbours) on the 15-neighbour graphs of
   the RNA PCs and of the LSI, clustered on its graph;
 * hybrid: RNA removed from a random half of the cells (``hybrid=True``), scored on those
@@ -127,6 +129,26 @@ def fit_sailerx(mdata, args, seed: int, local_weight: float, hybrid: bool = Fals
     return model, model.get_latent_representation()
 
 
+def fit_multivi(mdata, max_epochs: int | None, seed: int) -> np.ndarray:
+    """scvi-tools' MULTIVI at its defaults on the paired counts; its latent means."""
+    import scvi
+
+    scvi.settings.seed = seed
+    work = mudata.MuData({"rna": mdata.mod["rna"].copy(), "atac": mdata.mod["atac"].copy()})
+    scvi.model.MULTIVI.setup_mudata(
+        work,
+        rna_layer="counts",
+        atac_layer="counts",
+        modalities={"rna_layer": "rna", "atac_layer": "atac"},
+    )
+    model = scvi.model.MULTIVI(
+        work, n_genes=work.mod["rna"].n_vars, n_regions=work.mod["atac"].n_vars
+    )
+    kwargs = {} if max_epochs is None else {"max_epochs": max_epochs}
+    model.train(enable_progress_bar=False, **kwargs)
+    return model.get_latent_representation()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -138,6 +160,13 @@ def main() -> None:
     parser.add_argument("--pos-weight", type=float, default=1.0)
     parser.add_argument("--batch-key", default=None)
     parser.add_argument("--no-hybrid", action="store_true")
+    parser.add_argument("--no-multivi", action="store_true")
+    parser.add_argument(
+        "--multivi-epochs",
+        type=int,
+        default=None,
+        help="MULTIVI epochs at most (default: its own, 500 with early stopping)",
+    )
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     parser.add_argument("--name", default="paired_atac")
     parser.add_argument(
@@ -196,6 +225,10 @@ def main() -> None:
         t0 = time.perf_counter()
         _, z = fit_sailerx(mdata, args, seed, local_weight)
         add(seed, "sailerx", z, time.perf_counter() - t0)
+        if not args.no_multivi:
+            t0 = time.perf_counter()
+            z_multivi = fit_multivi(mdata, args.multivi_epochs, seed)
+            add(seed, "multivi", z_multivi, time.perf_counter() - t0)
         if args.no_hybrid:
             continue
         rng = np.random.default_rng(seed)
