@@ -371,7 +371,7 @@ class ExpressionTransformer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         max_epochs
             Passes over the training cells.
         lr, weight_decay
-            Adam settings (thesis: Adam, 1e-4).
+            Adam settings (thesis: Adam, 1e-4); ``eps`` is 1e-8 (``plan_kwargs`` may change it).
         batch_size
             Cells per step (default the model's ``batch_size``).
         plan_kwargs
@@ -394,7 +394,12 @@ class ExpressionTransformer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         )
 
     def _plan_defaults(self, lr: float, weight_decay: float) -> dict:
-        return {"optimizer": "Adam", "lr": lr, "weight_decay": weight_decay}
+        """Adam with ``eps=1e-8`` (PyTorch's default).
+
+        scvi-tools' ``TrainingPlan`` defaults to ``eps=0.01``, which all but freezes the
+        parameters with small gradients here: the gene table and the encoder.
+        """
+        return {"optimizer": "Adam", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
 
     # ------------------------------------------------------------------ hooks
     def _group_codes(self, manager: AnnDataManager | None = None) -> np.ndarray:

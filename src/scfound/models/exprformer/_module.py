@@ -66,7 +66,7 @@ def multihead_attention(
     return out.transpose(1, 2).reshape(B, Lq, d)
 
 
-#: standard deviation of the initial gene-token and expression-bin tables
+#: standard deviation of the initial gene-token table
 EMBEDDING_INIT_STD = 0.02
 
 
@@ -215,10 +215,12 @@ class ExpressionTransformerModule(BaseModuleClass):
         self.register_buffer("input_genes", torch.as_tensor(input_genes, dtype=torch.long))
         self.gene_embedding = nn.Embedding(n_vocab, n_hidden)
         self.expression_embedding = nn.Embedding(n_bins, n_hidden)
-        # small initial tables (BERT's 0.02): with PyTorch's N(0, 1) a short pre-training at
-        # lr 1e-4 barely moves the gene table, so its rows stay close to random vectors
-        for table in (self.gene_embedding, self.expression_embedding):
-            nn.init.normal_(table.weight, std=EMBEDDING_INIT_STD)
+        # a small initial gene table (BERT's 0.02): with PyTorch's N(0, 1) a short pre-training
+        # at lr 1e-4 barely moves it, so its rows stay close to random vectors. The
+        # expression-bin table keeps N(0, 1): it gives the decoder's values, and with values
+        # 50 times smaller the attention logits, and so the encoder and the gene table, get
+        # almost no gradient (the masked genes are then predicted from the cell maximum alone)
+        nn.init.normal_(self.gene_embedding.weight, std=EMBEDDING_INIT_STD)
         self.encoder = nn.ModuleList(
             EncoderLayer(n_hidden, n_heads, dropout, ffn_mult, attn_dropout)
             for _ in range(n_layers)
