@@ -359,6 +359,22 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
     )
     assert spatial.obs["stai_prediction"].notna().all()
     assert spatial.obsm["stai_probabilities"].shape == (spatial.n_obs, 4)
+    # a new annotation model leaves the MMD term out (recorded); given weights replace that
+    run = next(iter(spatial.uns["scfound"]["annotate"].values()))
+    assert float(run["mmd_weight"]) == 0.0
+    model = sf.tl.annotate(
+        spatial,
+        "cell_type",
+        reference=reference,
+        method="stai",
+        layer="counts",
+        reference_layer="counts",
+        max_epochs=1,
+        model_kwargs=FAST | {"weights": {"mmd": 0.1}},
+        key_added="with_mmd",
+        return_model=True,
+    )
+    assert model.module.weights["mmd"] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="not in the reference"):
         sf.tl.impute(spatial, method="stai", reference=reference, layer="counts", genes=["nope"])
     with pytest.raises(KeyError, match="labels column 'missing'"):
