@@ -340,9 +340,10 @@ def test_authors_layout_round_trip_and_report(corpus, tmp_path):
     assert report["n_genes_matched"] == corpus.n_vars
     # the released model: raw-count log1p input, no positional encoding
     assert loaded.module.input_transform == "log1p" and not loaded.module.embedder.spatial_pe
-    state = torch.load(prefix + ".best.ckpt", weights_only=True)["model_state_dict"]
+    state = torch.load(prefix + ".best.ckpt", map_location="cpu", weights_only=True)
     torch.testing.assert_close(
-        loaded.module.embedder.gene_embedding, state["embedder.feat_enc.emb"]
+        loaded.module.embedder.gene_embedding.detach().cpu(),
+        state["model_state_dict"]["embedder.feat_enc.emb"],
     )
 
 

@@ -251,10 +251,16 @@ def test_tl_reorders_genes_to_the_model_and_back(models):
     for adata in (own, flipped):
         sf.tl.impute(adata, model=models["spaformer"])
         sf.tl.embed(adata, model=models["spaformer"])
-    np.testing.assert_array_equal(
-        flipped.layers["spaformer_imputed"], own.layers["spaformer_imputed"][:, ::-1]
+    # two runs of the model: equal up to float rounding (which differs between GPU runs)
+    np.testing.assert_allclose(
+        flipped.layers["spaformer_imputed"],
+        own.layers["spaformer_imputed"][:, ::-1],
+        rtol=1e-5,
+        atol=1e-6,
     )
-    np.testing.assert_array_equal(flipped.obsm["X_spaformer"], own.obsm["X_spaformer"])
+    np.testing.assert_allclose(
+        flipped.obsm["X_spaformer"], own.obsm["X_spaformer"], rtol=1e-5, atol=1e-6
+    )
     # the model's own order gives the model's own result
     expected = models["spaformer"].get_imputed_expression().to_numpy()
     np.testing.assert_allclose(own.layers["spaformer_imputed"], expected, rtol=1e-5, atol=1e-6)
@@ -268,8 +274,8 @@ def test_tl_reads_the_callers_layer_under_the_models_name(models):
     renamed.layers["raw"] = renamed.layers.pop("counts")
     sf.tl.impute(own, model=models["spaformer"])
     sf.tl.impute(renamed, model=models["spaformer"], layer="raw")
-    np.testing.assert_array_equal(
-        renamed.layers["spaformer_imputed"], own.layers["spaformer_imputed"]
+    np.testing.assert_allclose(
+        renamed.layers["spaformer_imputed"], own.layers["spaformer_imputed"], rtol=1e-5, atol=1e-6
     )
     bad = nan_value(_base())
     bad.layers["raw"] = bad.layers.pop("counts")

@@ -257,7 +257,7 @@ def test_simulator_presets():
     # rho of the fragments plus the background's share of peak features
     assert in_peaks == pytest.approx(0.4 + 0.6 * 0.5, abs=0.02)
     sim3 = sf.datasets.simulate_atac(preset="sim3", n_cells=600, n_peaks=300, seed=0)
-    types = sim3.obs.groupby("batch", observed=True)["cell_type"].agg(lambda c: set(c))
+    types = {b: set(c) for b, c in sim3.obs.groupby("batch", observed=True)["cell_type"]}
     assert types["batch_0"] ^ types["batch_1"] == {"type_4", "type_5"}
     depth = sim3.obs.groupby("batch", observed=True)["n_fragments"].mean()
     assert depth["batch_1"] / depth["batch_0"] == pytest.approx(2, rel=0.2)

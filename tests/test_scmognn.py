@@ -420,13 +420,14 @@ def test_initial_cell_features_are_the_standardised_svd_of_the_source(trained):
     module = model.module
     assert module.n_cell_features == 39  # 50 asked, capped at min(cells, genes) - 1
     x = torch.as_tensor(reference.mod["rna"].layers["counts"].toarray())
+    x_on_module = x.to(next(module.parameters()).device)  # trained on a GPU where there is one
     with torch.inference_mode():
-        features = module.cell_features(x).numpy()
+        features = module.cell_features(x_on_module).cpu().numpy()
     np.testing.assert_allclose(features.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(features.std(0), 1, atol=1e-3)
     # the cells' initial states depend on them; without them all cells start alike
     with torch.inference_mode():
-        _, c0 = module._initial_states(x.shape[0], module.cell_features(x))
+        _, c0 = module._initial_states(x.shape[0], module.cell_features(x_on_module))
     assert c0.std(0).mean() > 0
     ScMoGNN.setup_mudata(
         reference, rna_layer="counts", protein_layer="counts", modalities=MODALITIES
@@ -461,6 +462,7 @@ def test_labels_add_a_classification_head_to_the_loss():
     ce = loss.extra_metrics["label_cross_entropy"]
     assert ce > 0 and torch.isclose(loss.loss, mse + ce)
     model.train(max_epochs=20, batch_size=32, enable_progress_bar=False)
+    module.cpu()  # trained on a GPU where there is one; the tensors above are on the CPU
     with torch.inference_mode():
         trained_ce = module.loss(tensors, module.inference(tensors[module.source_key]), {})
     assert trained_ce.extra_metrics["label_cross_entropy"] < 0.5 * ce
