@@ -602,39 +602,33 @@ def write(per_seed: dict[int, dict], speed: pd.DataFrame | None, args, seconds: 
     for s, info in per_seed.items():
         table = info["pretraining"].to_markdown(index=False, floatfmt=".3f")
         lines += [f"Seed {s}:", "", table, ""]
+
+    def section(key: str, title: str, note: str, by: str, cols: list[str]) -> list[str]:
+        """A task's mean ± std over seeds, then its table per seed."""
+        mean = summarise(per_seed, key, by, cols).to_markdown(index=False)
+        out = [f"## {title}", "", note, "", mean, ""]
+        for s, info in per_seed.items():
+            out += [f"Seed {s}:", "", info[key].to_markdown(index=False, floatfmt=".3f"), ""]
+        return out
+
     if "ggi" in first:
-        lines += [
-            "## Gene-gene interaction (Gene2vec pairs, gradient boosting, ROC AUC)",
-            "",
+        lines += section(
+            "ggi",
+            "Gene-gene interaction (Gene2vec pairs, gradient boosting, ROC AUC)",
             f"Mean ± standard deviation over seeds {args.seeds}; at most {args.max_train_pairs} "
             "training pairs.",
-            "",
-            summarise(per_seed, "ggi", "embedding", ["AUC valid", "AUC gene-disjoint"]).to_markdown(
-                index=False
-            ),
-            "",
-        ]
-        for s, info in per_seed.items():
-            lines += [f"Seed {s}:", "", info["ggi"].to_markdown(index=False, floatfmt=".3f"), ""]
+            "embedding",
+            ["AUC valid", "AUC gene-disjoint"],
+        )
     if "imputation" in first:
-        lines += [
-            f"## Imputation ({args.drop_rate:.0%} of the held-out cells' non-zeros dropped)",
-            "",
+        lines += section(
+            "imputation",
+            f"Imputation ({args.drop_rate:.0%} of the held-out cells' non-zeros dropped)",
             "Scale: log1p(1e4 x count / observed library). Mean ± standard deviation over seeds "
             "(each seed its own held-out cells and drops).",
-            "",
-            summarise(per_seed, "imputation", "method", ["MAE", "Pearson"]).to_markdown(
-                index=False
-            ),
-            "",
-        ]
-        for s, info in per_seed.items():
-            lines += [
-                f"Seed {s}:",
-                "",
-                info["imputation"].to_markdown(index=False, floatfmt=".3f"),
-                "",
-            ]
+            "method",
+            ["MAE", "Pearson"],
+        )
     if speed is not None:
         lines += [
             f"## Speed ({args.speed_cells} {args.speed_data} cells, small preset, "

@@ -362,16 +362,13 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
     assert reference.obs.equals(before_ref.obs) and set(reference.uns) == set(before_ref.uns)
     view = sf.tl.imputed_anndata(spatial)
     assert view.shape == (spatial.n_obs, 2) and "spatial" in view.obsm
-    sf.tl.annotate(
-        spatial,
-        "cell_type",
-        reference=reference,
-        method="stai",
-        layer="counts",
-        reference_layer="counts",
-        max_epochs=2,
-        model_kwargs=FAST,
-    )
+    annotate = {
+        "reference": reference,
+        "method": "stai",
+        "layer": "counts",
+        "reference_layer": "counts",
+    }
+    sf.tl.annotate(spatial, "cell_type", max_epochs=2, model_kwargs=FAST, **annotate)
     assert spatial.obs["stai_prediction"].notna().all()
     assert spatial.obsm["stai_probabilities"].shape == (spatial.n_obs, 4)
     # a new annotation model leaves the MMD term out (recorded); given weights replace that
@@ -380,10 +377,7 @@ def test_tl_impute_and_annotate_touch_only_documented_keys(pair):
     model = sf.tl.annotate(
         spatial,
         "cell_type",
-        reference=reference,
-        method="stai",
-        layer="counts",
-        reference_layer="counts",
+        **annotate,
         max_epochs=1,
         model_kwargs=FAST | {"weights": {"mmd": 0.1}},
         key_added="with_mmd",

@@ -124,8 +124,7 @@ class STAIAdapter(MethodAdapter):
         reference = inputs.need_reference(self.name, "annotate")
         params: dict = {}
         model_kwargs = dict(inputs.model_kwargs)
-        default_weights = inputs.model is None and "weights" not in model_kwargs
-        if default_weights:
+        if inputs.model is None and "weights" not in model_kwargs:
             model_kwargs["weights"] = ANNOTATION_DEFAULT_WEIGHTS
             logger.info(
                 "stAI annotation: MMD weight 0 (its matching of the two datasets' latent "
