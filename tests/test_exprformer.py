@@ -119,7 +119,8 @@ def trained():
     sf.ExpressionTransformer.setup_anndata(adata, layer="counts")
     torch.manual_seed(0)
     model = sf.ExpressionTransformer(adata, **TINY, batch_size=32)
-    model.train(max_epochs=25, lr=5e-3, train_size=0.8, seed=0, enable_progress_bar=False)
+    # 25 epochs left the imputation level with the cell mean (MAE 0.806 vs 0.806); 50 give 0.62
+    model.train(max_epochs=50, lr=5e-3, train_size=0.8, seed=0, enable_progress_bar=False)
     return adata, model
 
 
