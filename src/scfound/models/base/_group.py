@@ -73,8 +73,13 @@ class GroupModelMixin:
         return {}
 
     def _plan_defaults(self, lr: float, weight_decay: float) -> dict:
-        """Arguments of the training plan that ``plan_kwargs`` may override."""
-        return {"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay}
+        """Arguments of the training plan that ``plan_kwargs`` may override.
+
+        AdamW with PyTorch's ``eps=1e-8``: scvi-tools' ``TrainingPlan`` defaults to
+        ``eps=0.01``, which all but freezes parameters with small gradients (token tables,
+        attention layers).
+        """
+        return {"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
 
     def _inference_max_cells(self) -> int | None:
         """Cells of one group encoded together at inference (default: the training cap)."""

@@ -394,12 +394,8 @@ class ExpressionTransformer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         )
 
     def _plan_defaults(self, lr: float, weight_decay: float) -> dict:
-        """Adam with ``eps=1e-8`` (PyTorch's default).
-
-        scvi-tools' ``TrainingPlan`` defaults to ``eps=0.01``, which all but freezes the
-        parameters with small gradients here: the gene table and the encoder.
-        """
-        return {"optimizer": "Adam", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
+        """The shared defaults (``eps=1e-8``) with Adam, as the thesis."""
+        return {**super()._plan_defaults(lr, weight_decay), "optimizer": "Adam"}
 
     # ------------------------------------------------------------------ hooks
     def _group_codes(self, manager: AnnDataManager | None = None) -> np.ndarray:

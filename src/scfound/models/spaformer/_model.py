@@ -316,8 +316,8 @@ class SpaFormer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
         )
 
     def _plan_defaults(self, lr: float, weight_decay: float) -> dict:
-        """AdamW (``eps=1e-8``), and for the VAE a KL weight warmed up to 1e-2."""
-        defaults = {**super()._plan_defaults(lr, weight_decay), "eps": 1e-8}
+        """The shared AdamW, and for the VAE a KL weight warmed up to 1e-2."""
+        defaults = super()._plan_defaults(lr, weight_decay)
         if self.module.variational:
             defaults.update(
                 n_steps_kl_warmup=10_000,
