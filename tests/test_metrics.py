@@ -493,6 +493,29 @@ def test_confounder_information_finds_the_confounder():
         confounder_information(np.full((400, 2), np.inf), depth)
 
 
+def test_neighbor_batch_composition_is_size_corrected_and_sees_separation():
+    from scfound.metrics import neighbor_batch_composition
+
+    rng = np.random.default_rng(0)
+    batch = pd.Series(np.repeat(["a", "b"], [300, 100]), index=[f"c{i}" for i in range(400)])
+    mixed = rng.normal(size=(400, 5))
+    shares = neighbor_batch_composition(mixed, batch)
+    assert list(shares.columns) == ["a", "b"] and list(shares.index) == list(batch.index)
+    np.testing.assert_allclose(shares.sum(1), 1.0)
+    # raw neighbour counts would give about 0.75 / 0.25; corrected for the sizes, about 0.5 each
+    assert abs(shares["b"].mean() - 0.5) < 0.05
+    separated = mixed + 10.0 * (batch == "b").to_numpy()[:, None]
+    own = neighbor_batch_composition(separated, batch.to_numpy(), n_neighbors=20)
+    assert (own.to_numpy()[np.arange(400), (batch == "b").to_numpy().astype(int)] == 1).all()
+    assert list(own.index) == list(range(400))
+    with pytest.raises(ValueError, match="single value"):
+        neighbor_batch_composition(mixed, ["a"] * 400)
+    with pytest.raises(ValueError, match="n_neighbors"):
+        neighbor_batch_composition(mixed, batch, n_neighbors=400)
+    with pytest.raises(ValueError, match="batch"):
+        neighbor_batch_composition(mixed, batch[:10])
+
+
 def test_graph_clustering_scores_match_the_embedding_path():
     import anndata as ad
     import scanpy as sc

@@ -156,3 +156,62 @@ def confounder_information(
     if not np.isfinite(numbers).all():
         raise ValueError("`confounder` has NaN or infinite values.")
     return float(mutual_info_regression(X, numbers, random_state=seed).mean())
+
+
+def neighbor_batch_composition(
+    X: np.ndarray,
+    batch: Sequence | np.ndarray | pd.Series,
+    *,
+    n_neighbors: int = 50,
+) -> pd.DataFrame:
+    """Batch composition of each cell's neighbourhood, as SAILER's evaluation of batch mixing.
+
+    For every cell, the share of each batch among its ``n_neighbors`` nearest cells in the
+    embedding (exact Euclidean neighbours, the cell itself excluded), corrected for the batches'
+    sizes: ``p_b = (n_b / N_b) / sum_b' (n_b' / N_b')`` with ``n_b`` the neighbours from batch
+    ``b`` and ``N_b`` its cells. A well-mixed embedding gives ``p_b`` near ``1 / n_batches``
+    for every batch; a cell whose neighbours all come from its own batch gives 1 for it.
+    The SAILER paper shows these shares as distributions (``p_0`` for two batches); a single
+    number is the mean over cells of the total-variation distance to uniform,
+    ``0.5 * |p - 1 / B|.sum(axis=1).mean()`` (0 = perfectly mixed).
+
+    Parameters
+    ----------
+    X
+        Cells x dimensions embedding.
+    batch
+        Batch of each cell (at least two batches).
+    n_neighbors
+        Neighbours per cell (the paper: 50).
+
+    Returns
+    -------
+    Cells x batches DataFrame of the size-corrected shares (rows sum to 1; index ``0..n-1``,
+    or the index of ``batch`` when it is a Series), columns the batch names.
+
+    Raises
+    ------
+    ValueError
+        If ``X`` is not a finite 2-d array, ``batch`` does not have one value per cell or has a
+        single value, or ``n_neighbors`` is not between 1 and the number of cells minus 1.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or not np.isfinite(X).all():
+        raise ValueError(f"`X` must be a finite 2-d cells x dimensions array, got {X.shape}.")
+    index = batch.index if isinstance(batch, pd.Series) else pd.RangeIndex(X.shape[0])
+    values = np.asarray(batch).astype(str)
+    if values.shape != (X.shape[0],):
+        raise ValueError(f"`batch` has shape {values.shape}, expected ({X.shape[0]},).")
+    codes, names = pd.factorize(values, sort=True)
+    if len(names) < 2:
+        raise ValueError("`batch` has a single value; batch mixing needs at least two batches.")
+    if not 1 <= n_neighbors < X.shape[0]:
+        raise ValueError(f"n_neighbors must be between 1 and {X.shape[0] - 1}, got {n_neighbors}.")
+    _, neighbors = NearestNeighbors(n_neighbors=n_neighbors + 1).fit(X).kneighbors(X)
+    neighbor_codes = codes[neighbors[:, 1:]]
+    counts = np.stack([(neighbor_codes == b).sum(1) for b in range(len(names))], axis=1)
+    shares = counts / np.bincount(codes, minlength=len(names))
+    shares = shares / shares.sum(1, keepdims=True)
+    return pd.DataFrame(shares, index=index, columns=list(names))
