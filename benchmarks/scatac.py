@@ -269,10 +269,16 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     sf.settings.progress_bar = False
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    data = (
+        f"{args.n_cells} random MoP SNARE-seq cells per seed, their {args.n_peaks} most often "
+        "accessible peaks, 12 samples as batches"
+        if args.presets == ["mop"]
+        else f"{args.n_cells} cells, {args.n_peaks} MoP pseudo-bulk peaks + as many background "
+        f"bins, fragments x {args.depth_scale}"
+    )
     settings = (
-        f"{args.n_cells} cells, {args.n_peaks} MoP pseudo-bulk peaks + as many background "
-        f"bins, fragments x {args.depth_scale}; SAILER {args.max_epochs} epochs, hidden "
-        f"{args.n_hidden}, its defaults otherwise (`pos_weight=1`)."
+        f"{data}; SAILER {args.max_epochs} epochs, hidden {args.n_hidden}, its defaults "
+        "otherwise (`pos_weight=1`)."
     )
     os.makedirs(args.out, exist_ok=True)
     if args.combine:
