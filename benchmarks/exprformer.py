@@ -587,9 +587,14 @@ def write(per_seed: dict[int, dict], speed: pd.DataFrame | None, args, seconds: 
         f"Command: `{command}`",
         "",
         f"Seeds {args.seeds}; total wall time {seconds / 60:.1f} min on "
-        f"{torch.get_num_threads()} CPU thread(s). Pre-training: {args.epochs} epochs at a step "
-        f"size of {args.lr:g}, small preset, 64 cells per step; CellPLM {args.cellplm_epochs} "
-        "epochs. See the docstring of benchmarks/exprformer.py for the protocol.",
+        f"{torch.get_num_threads()} CPU thread(s)."
+        + (
+            f" Pre-training: {args.epochs} epochs at a step size of {args.lr:g}, small preset, "
+            f"64 cells per step; CellPLM {args.cellplm_epochs} epochs."
+            if per_seed
+            else ""
+        )
+        + " See the docstring of benchmarks/exprformer.py for the protocol.",
         "",
     ]
     first = per_seed.get(args.seeds[0], {})
