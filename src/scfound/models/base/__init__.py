@@ -23,7 +23,7 @@ from ._save import (
     restore_on_error,
     write_model,
 )
-from ._training import progress_bar_default, quiet_lightning, run_training
+from ._training import adam_plan, progress_bar_default, quiet_lightning, run_training
 
 __all__ = [
     "MODALITY_KINDS",
@@ -36,6 +36,7 @@ __all__ = [
     "MuDataSetupMixin",
     "QuietObsmField",
     "SafeSaveMixin",
+    "adam_plan",
     "build_mudata_fields",
     "check_genes",
     "check_model_data",

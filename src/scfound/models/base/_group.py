@@ -25,7 +25,7 @@ from scfound._validate import check_obs_keys
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter, group_loader
 
 from ._save import check_genes, check_model_data, restore_on_error
-from ._training import run_training
+from ._training import adam_plan, run_training
 
 #: ``setup_anndata`` arguments naming ``obs`` columns that inference on new data reads
 OBS_SETUP_KEYS = ("group_key", "batch_key", "dataset_key")
@@ -73,13 +73,8 @@ class GroupModelMixin:
         return {}
 
     def _plan_defaults(self, lr: float, weight_decay: float) -> dict:
-        """Arguments of the training plan that ``plan_kwargs`` may override.
-
-        AdamW with PyTorch's ``eps=1e-8``: scvi-tools' ``TrainingPlan`` defaults to
-        ``eps=0.01``, which all but freezes parameters with small gradients (token tables,
-        attention layers).
-        """
-        return {"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
+        """Arguments of the training plan that ``plan_kwargs`` may override (:func:`adam_plan`)."""
+        return adam_plan(lr, weight_decay)
 
     def _inference_max_cells(self) -> int | None:
         """Cells of one group encoded together at inference (default: the training cap)."""

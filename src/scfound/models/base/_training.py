@@ -73,6 +73,15 @@ def quiet_lightning(*warning_messages: str) -> Iterator[None]:
             logger.removeFilter(noise)
 
 
+def adam_plan(lr: float, weight_decay: float, optimizer: str = "AdamW") -> dict:
+    """Optimizer arguments of scvi-tools' ``TrainingPlan`` shared by every model.
+
+    Adam(W) with PyTorch's ``eps=1e-8``: the ``TrainingPlan`` default, ``eps=0.01``, all but
+    freezes parameters with small gradients (token tables, attention layers).
+    """
+    return {"optimizer": optimizer, "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
+
+
 def progress_bar_default(enable_progress_bar: bool | None) -> bool:
     """``enable_progress_bar`` of a ``train`` call, or :attr:`scfound.settings.progress_bar`."""
     return settings.progress_bar if enable_progress_bar is None else bool(enable_progress_bar)

@@ -21,6 +21,7 @@ from scfound._utils import check_expression, check_scale, get_matrix, layer_name
 from scfound.data import CELL_INDEX_KEY, GroupDataSplitter
 
 from ..base import GroupModelMixin, SafeSaveMixin, check_model_data, register_fields
+from ..base._training import adam_plan
 from ..base._vocabulary import gene_table
 from ..cellplm._model import map_genes
 from ._module import ExpressionTransformerModule
@@ -395,7 +396,7 @@ class ExpressionTransformer(GroupModelMixin, SafeSaveMixin, BaseModelClass):
 
     def _plan_defaults(self, lr: float, weight_decay: float) -> dict:
         """The shared defaults (``eps=1e-8``) with Adam, as the thesis."""
-        return {**super()._plan_defaults(lr, weight_decay), "optimizer": "Adam"}
+        return adam_plan(lr, weight_decay, optimizer="Adam")
 
     # ------------------------------------------------------------------ hooks
     def _group_codes(self, manager: AnnDataManager | None = None) -> np.ndarray:

@@ -25,6 +25,7 @@ from scfound._validate import check_obs_keys
 
 from ..base import (
     SafeSaveMixin,
+    adam_plan,
     check_genes,
     check_model_data,
     register_fields,
@@ -316,9 +317,7 @@ class SAILERMixin:
             **(datasplitter_kwargs or {}),
         )
         plan_kwargs = {
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "eps": 1e-8,
+            **adam_plan(lr, weight_decay, optimizer="Adam"),
             "max_epochs": max_epochs,
             "warmup_epochs": int(warmup_epochs),
             "n_cycles": n_cycles,

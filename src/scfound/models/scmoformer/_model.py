@@ -31,6 +31,7 @@ from ..base._mudata import (
 )
 from ..base._predictor import ModalityPredictorMixin
 from ..base._save import SafeSaveMixin
+from ..base._training import adam_plan
 from ._graph import MAX_LINKS, encodes_links, prior_graph, table_edges, table_summary
 from ._module import PE_TYPES, ScMoFormerModule
 
@@ -398,8 +399,7 @@ class ScMoFormer(ModalityPredictorMixin, MuDataSetupMixin, SafeSaveMixin, BaseMo
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
             seed=seed,
-            plan_kwargs={"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
-            | (plan_kwargs or {}),
+            plan_kwargs=adam_plan(lr, weight_decay) | (plan_kwargs or {}),
             validation_plan_kwargs={
                 "reduce_lr_on_plateau": True,
                 "lr_factor": 0.9,

@@ -34,6 +34,7 @@ from ..base._mudata import (
 )
 from ..base._predictor import ModalityPredictorMixin
 from ..base._save import SafeSaveMixin
+from ..base._training import adam_plan
 from ._graph import cosine_neighbors, feature_graph_summary, read_feature_graph
 from ._module import ScMoGNNModule
 
@@ -372,8 +373,7 @@ class ScMoGNN(ModalityPredictorMixin, MuDataSetupMixin, SafeSaveMixin, BaseModel
             early_stopping=early_stopping,
             early_stopping_patience=early_stopping_patience,
             seed=seed,
-            plan_kwargs={"optimizer": "AdamW", "lr": lr, "weight_decay": weight_decay, "eps": 1e-8}
-            | (plan_kwargs or {}),
+            plan_kwargs=adam_plan(lr, weight_decay) | (plan_kwargs or {}),
             enable_progress_bar=enable_progress_bar,
             accelerator=accelerator,
             devices=devices,

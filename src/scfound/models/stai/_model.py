@@ -57,7 +57,7 @@ from ..base._save import (
     restore_on_error,
     write_model,
 )
-from ..base._training import AMBIGUOUS_BATCH_SIZE, run_training
+from ..base._training import AMBIGUOUS_BATCH_SIZE, adam_plan, run_training
 from ._module import (
     REFERENCE_LABELS,
     REFERENCE_LIBRARY,
@@ -617,7 +617,7 @@ class STAI(SafeSaveMixin, BaseModelClass):
             reference_batch_size or batch_size,
             seed=seed,
         )
-        plan_defaults = {"optimizer": "Adam", "lr": lr, "weight_decay": 0.0, "eps": 1e-8}
+        plan_defaults = adam_plan(lr, 0.0, optimizer="Adam")
         plan = self._training_plan_cls(self.module, **{**plan_defaults, **(plan_kwargs or {})})
         # a step holds a spatial block and a reference draw of another size, so Lightning warns
         # that the batch size is ambiguous; the one it takes (the block's cells) is the intended

@@ -131,7 +131,7 @@ class STAIAdapter(MethodAdapter):
                 "distributions assumes the same mix of cell types); pass "
                 "model_kwargs={'weights': {'mmd': 0.1}} for the paper's weight."
             )
-        model = self._fit_or_reuse(inputs, reference, labels_key=labels_key, **model_kwargs)
+        model = self._fit_or_reuse(inputs, reference, labels_key, model_kwargs)
         if inputs.model is None:
             params = dict(getattr(model, "chosen_defaults_", {}))
             params["mmd_weight"] = float(model.module.weights["mmd"])
@@ -141,11 +141,15 @@ class STAIAdapter(MethodAdapter):
 
     # ------------------------------------------------------------------ internals
     def _fit_or_reuse(
-        self, inputs: Inputs, reference: AnnData, labels_key: str | None, **model_kwargs
+        self,
+        inputs: Inputs,
+        reference: AnnData,
+        labels_key: str | None,
+        model_kwargs: dict | None = None,
     ) -> STAI:
         """``inputs.model``, checked, or a new STAI trained on the inputs.
 
-        ``model_kwargs`` replace ``inputs.model_kwargs`` when given.
+        ``model_kwargs`` (default ``inputs.model_kwargs``) are the new model's arguments.
         """
         model = inputs.model
         if model is not None:
@@ -182,7 +186,9 @@ class STAIAdapter(MethodAdapter):
             labels_key=LABELS if labels is not None else None,
         )
         torch.manual_seed(inputs.seed)  # the initial weights, so that `seed` fixes the result
-        fitted = STAI(spatial, ref, **(model_kwargs or inputs.model_kwargs))
+        if model_kwargs is None:
+            model_kwargs = inputs.model_kwargs
+        fitted = STAI(spatial, ref, **model_kwargs)
         fitted.train(max_epochs=inputs.max_epochs, seed=inputs.seed, **inputs.train_kwargs)
         return fitted
 
