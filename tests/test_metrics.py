@@ -514,6 +514,8 @@ def test_neighbor_batch_composition_is_size_corrected_and_sees_separation():
         neighbor_batch_composition(mixed, batch, n_neighbors=400)
     with pytest.raises(ValueError, match="batch"):
         neighbor_batch_composition(mixed, batch[:10])
+    with pytest.raises(ValueError, match="missing values"):
+        neighbor_batch_composition(mixed, np.r_[batch.to_numpy()[:-1], None])
 
 
 def test_graph_clustering_scores_match_the_embedding_path():

@@ -192,8 +192,9 @@ def neighbor_batch_composition(
     Raises
     ------
     ValueError
-        If ``X`` is not a finite 2-d array, ``batch`` does not have one value per cell or has a
-        single value, or ``n_neighbors`` is not between 1 and the number of cells minus 1.
+        If ``X`` is not a finite 2-d array, ``batch`` does not have one value per cell, has
+        missing values or a single value, or ``n_neighbors`` is not between 1 and the number
+        of cells minus 1.
     """
     from sklearn.neighbors import NearestNeighbors
 
@@ -201,6 +202,8 @@ def neighbor_batch_composition(
     if X.ndim != 2 or not np.isfinite(X).all():
         raise ValueError(f"`X` must be a finite 2-d cells x dimensions array, got {X.shape}.")
     index = batch.index if isinstance(batch, pd.Series) else pd.RangeIndex(X.shape[0])
+    if pd.isna(np.asarray(batch, dtype=object)).any():
+        raise ValueError("`batch` has missing values; give every cell its batch.")
     values = np.asarray(batch).astype(str)
     if values.shape != (X.shape[0],):
         raise ValueError(f"`batch` has shape {values.shape}, expected ({X.shape[0]},).")
